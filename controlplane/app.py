@@ -1,0 +1,117 @@
+"""``create_app(settings)``: assembles the Litestar application. Nothing runs at import time."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Request
+from litestar.datastructures import MutableScopeHeaders
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from controlplane.auth.middleware import AuthenticationMiddleware
+from controlplane.auth.routes import MeController, TokenController
+from controlplane.db import create_database
+from controlplane.db.migrate import head_revision, upgrade
+from controlplane.deps import dependencies
+from controlplane.environments.routes import EnvironmentController
+from controlplane.errors import exception_handlers, request_id_of
+from controlplane.health.routes import healthz, readyz
+from controlplane.orgs.routes import (
+    MemberController,
+    OrganizationController,
+    ServiceAccountController,
+)
+from controlplane.projects.routes import ProjectController
+from controlplane.settings import Settings
+from shared import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from litestar.types import Message, Scope
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("byteor.controlplane")
+
+
+def _lifespan(settings: Settings) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        database = create_database(settings.resolved_database_url)
+        app.state.database = database
+        app.state.schema_head = head_revision()
+        app.state.draining = False
+        if settings.should_auto_migrate:
+            await upgrade(database.engine)
+            logger.info("database schema is at %s", app.state.schema_head)
+        try:
+            yield
+        finally:
+            await database.dispose()
+
+    return lifespan
+
+
+async def _send_request_id(message: Message, scope: Scope) -> None:
+    """Echo the request id on every response, errors and unrouted paths included."""
+    if message["type"] != "http.response.start":
+        return
+    state = scope.setdefault("state", {})
+    request_id = state.get("request_id")
+    if request_id is None:
+        request_id = request_id_of(Request(scope))
+    headers = MutableScopeHeaders.from_message(message)
+    if "x-request-id" not in headers:
+        headers["X-Request-ID"] = request_id
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the control-plane application for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    openapi = OpenAPIConfig(
+        title="ByteOr Cloud API",
+        version=__version__,
+        description=(
+            "The ByteOr control plane. Errors are RFC 9457 application/problem+json. "
+            "Authenticate with `Authorization: Bearer <token>`."
+        ),
+        path="/schema",
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", description="byteor_pat_... API token"
+                )
+            }
+        ),
+        security=[{"bearer": []}],
+    )
+    auth = DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema"])
+    app = Litestar(
+        route_handlers=[
+            healthz,
+            readyz,
+            MeController,
+            TokenController,
+            OrganizationController,
+            MemberController,
+            ServiceAccountController,
+            ProjectController,
+            EnvironmentController,
+        ],
+        dependencies=dependencies,
+        middleware=[auth],
+        exception_handlers=exception_handlers,
+        lifespan=[_lifespan(settings)],
+        openapi_config=openapi,
+        request_max_body_size=settings.max_request_body_bytes,
+        before_send=[_send_request_id],
+        logging_config=None,
+        debug=False,
+    )
+    app.state.settings = settings
+    return app

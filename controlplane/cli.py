@@ -1,0 +1,139 @@
+"""``byteor-controlplane``: serve the API, migrate the schema, bootstrap the first owner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from controlplane.settings import Settings
+from shared import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["main"]
+
+logger = logging.getLogger("byteor.controlplane")
+
+EXIT_USAGE = 2
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from controlplane.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host or settings.bind_host,
+        port=port if port is not None else settings.bind_port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=20,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+async def _migrate(settings: Settings) -> str | None:
+    from controlplane.db import create_database
+    from controlplane.db.migrate import current_revision, upgrade
+
+    database = create_database(settings.resolved_database_url)
+    try:
+        await upgrade(database.engine)
+        return await current_revision(database.engine)
+    finally:
+        await database.dispose()
+
+
+async def _bootstrap(settings: Settings, email: str, org: str) -> str:
+    from controlplane.auth.service import bootstrap_owner
+    from controlplane.db import create_database
+    from controlplane.db.migrate import upgrade
+
+    database = create_database(settings.resolved_database_url)
+    try:
+        if settings.should_auto_migrate:
+            await upgrade(database.engine)
+        async with database.sessionmaker() as session:
+            result = await bootstrap_owner(session, email, org)
+        return result.token
+    finally:
+        await database.dispose()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="byteor-controlplane", description="ByteOr control plane (settings: BYTEOR_CLOUD_*)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", help="override the host of BYTEOR_CLOUD_API_BIND_ADDR")
+    serve.add_argument("--port", type=int, help="override the port of BYTEOR_CLOUD_API_BIND_ADDR")
+    commands.add_parser("migrate", help="create or upgrade the database schema")
+    bootstrap = commands.add_parser(
+        "bootstrap", help="create the first owner and print their bearer token (once)"
+    )
+    bootstrap.add_argument("--email", required=True, help="the owner's e-mail address")
+    bootstrap.add_argument("--org", default="default", help="name of the first organization")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``byteor-controlplane``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"byteor-controlplane: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    _configure_logging(settings.log_level)
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
+    if args.command == "migrate":
+        revision = asyncio.run(_migrate(settings))
+        logger.info("database schema is at revision %s", revision)
+        return 0
+    return _run_bootstrap(settings, args.email, args.org)
+
+
+def _run_bootstrap(settings: Settings, email: str, org: str) -> int:
+    import msgspec
+
+    from controlplane.errors import Conflict
+    from shared.resources import Email, Name
+
+    try:
+        msgspec.convert(email, Email)
+        msgspec.convert(org, Name)
+    except msgspec.ValidationError as exc:
+        print(f"byteor-controlplane bootstrap: invalid argument: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    try:
+        token = asyncio.run(_bootstrap(settings, email, org))
+    except Conflict as exc:
+        print(f"byteor-controlplane bootstrap: {exc.detail}", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    print(token)  # noqa: T201 - the one line of output is the token
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

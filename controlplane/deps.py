@@ -1,0 +1,58 @@
+"""Dependencies every controller shares, provided by parameter name (``session``, ``caller``, ``page``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.auth.principal import Principal
+from controlplane.pagination import PageRequest, page_request
+from controlplane.settings import Settings
+
+__all__ = ["dependencies"]
+
+
+async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """One session per request; services commit, anything uncommitted is rolled back."""
+    async with state.database.sessionmaker() as session:
+        yield session
+
+
+def provide_caller(request: Request[Any, Any, Any]) -> Principal:
+    """The authenticated principal (set by the authentication middleware)."""
+    user = request.scope.get("user")
+    if not isinstance(user, Principal):  # pragma: no cover - middleware guarantees it
+        raise TypeError("route has no authenticated principal")
+    return user
+
+
+def provide_page(
+    state: State,
+    limit: int | None = Parameter(
+        query="limit", default=None, required=False, description="page size (bounded)"
+    ),
+    cursor: str | None = Parameter(
+        query="cursor",
+        default=None,
+        required=False,
+        max_length=200,
+        description="next_cursor of the previous page",
+    ),
+) -> PageRequest:
+    settings: Settings = state.settings
+    return page_request(
+        limit, cursor, default=settings.page_size_default, maximum=settings.page_size_max
+    )
+
+
+dependencies = {
+    "session": Provide(provide_session),
+    "caller": Provide(provide_caller, sync_to_thread=False),
+    "page": Provide(provide_page, sync_to_thread=False),
+}

@@ -1,0 +1,177 @@
+"""Environments: list, create, read, update (partial), delete (cascading)."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from msgspec import UNSET
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from controlplane.db.models import EnvironmentRow
+from controlplane.errors import Conflict, NotFound
+from controlplane.orgs.access import authorize
+from controlplane.pagination import fetch_page
+from controlplane.projects.service import get_project_row
+from shared.ids import new_id
+from shared.resources import Environment, EnvironmentCreate, EnvironmentUpdate, Page
+from shared.roles import Role, RollbackPolicy, TuningProfile
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from controlplane.auth.principal import Principal
+    from controlplane.pagination import PageRequest
+
+__all__ = [
+    "create_environment",
+    "delete_environment",
+    "environment_schema",
+    "get_environment",
+    "get_environment_row",
+    "list_environments",
+    "update_environment",
+]
+
+_SETTINGS = (
+    "description",
+    "approvals_required",
+    "approver_role",
+    "allow_self_approval",
+    "approval_window_seconds",
+    "max_inflight_deployments",
+    "rollback_policy",
+    "tuning_profile",
+    "runtime_config",
+)
+
+
+def environment_schema(row: EnvironmentRow) -> Environment:
+    return Environment(
+        id=row.id,
+        org_id=row.org_id,
+        project_id=row.project_id,
+        name=row.name,
+        description=row.description,
+        approvals_required=row.approvals_required,
+        approver_role=Role(row.approver_role),
+        allow_self_approval=row.allow_self_approval,
+        approval_window_seconds=row.approval_window_seconds,
+        max_inflight_deployments=row.max_inflight_deployments,
+        rollback_policy=RollbackPolicy(row.rollback_policy),
+        tuning_profile=TuningProfile(row.tuning_profile),
+        runtime_config=row.runtime_config,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _column_value(value: object) -> object:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+async def get_environment_row(
+    session: AsyncSession, org_id: str, project_id: str, env_id: str
+) -> EnvironmentRow:
+    """The environment, which must sit under ``org_id``/``project_id`` (else 404)."""
+    row = await session.scalar(
+        select(EnvironmentRow).where(
+            EnvironmentRow.id == env_id,
+            EnvironmentRow.project_id == project_id,
+            EnvironmentRow.org_id == org_id,
+        )
+    )
+    if row is None:
+        raise NotFound(f"No environment {env_id} in project {project_id}")
+    return row
+
+
+async def _ensure_name_free(
+    session: AsyncSession, project_id: str, name: str, except_id: str | None = None
+) -> None:
+    clash = await session.scalar(
+        select(EnvironmentRow.id).where(
+            EnvironmentRow.project_id == project_id, EnvironmentRow.name == name
+        )
+    )
+    if clash is not None and clash != except_id:
+        raise Conflict(f"An environment named {name!r} already exists in this project")
+
+
+async def _commit_unique_name(session: AsyncSession, name: str) -> None:
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"An environment named {name!r} already exists in this project") from None
+
+
+async def list_environments(
+    session: AsyncSession, caller: Principal, org_id: str, project_id: str, page: PageRequest
+) -> Page[Environment]:
+    await authorize(session, caller, org_id, Role.VIEWER)
+    await get_project_row(session, org_id, project_id)
+    statement = select(EnvironmentRow).where(EnvironmentRow.project_id == project_id)
+    rows, cursor = await fetch_page(session, statement, EnvironmentRow.id, page)
+    return Page(items=[environment_schema(r) for r in rows], next_cursor=cursor)
+
+
+async def create_environment(
+    session: AsyncSession,
+    caller: Principal,
+    org_id: str,
+    project_id: str,
+    data: EnvironmentCreate,
+) -> Environment:
+    await authorize(session, caller, org_id, Role.ADMIN)
+    await get_project_row(session, org_id, project_id)
+    await _ensure_name_free(session, project_id, data.name)
+    row = EnvironmentRow(
+        id=new_id("env"),
+        org_id=org_id,
+        project_id=project_id,
+        name=data.name,
+        **{name: _column_value(getattr(data, name)) for name in _SETTINGS},
+    )
+    session.add(row)
+    await _commit_unique_name(session, data.name)
+    return environment_schema(row)
+
+
+async def get_environment(
+    session: AsyncSession, caller: Principal, org_id: str, project_id: str, env_id: str
+) -> Environment:
+    await authorize(session, caller, org_id, Role.VIEWER)
+    return environment_schema(await get_environment_row(session, org_id, project_id, env_id))
+
+
+async def update_environment(
+    session: AsyncSession,
+    caller: Principal,
+    org_id: str,
+    project_id: str,
+    env_id: str,
+    data: EnvironmentUpdate,
+) -> Environment:
+    await authorize(session, caller, org_id, Role.ADMIN)
+    row = await get_environment_row(session, org_id, project_id, env_id)
+    if data.name is not UNSET and data.name != row.name:
+        await _ensure_name_free(session, project_id, data.name, except_id=row.id)
+        row.name = data.name
+    for name in _SETTINGS:
+        value = getattr(data, name)
+        if value is not UNSET:
+            setattr(row, name, _column_value(value))
+    await _commit_unique_name(session, row.name)
+    return environment_schema(row)
+
+
+async def delete_environment(
+    session: AsyncSession, caller: Principal, org_id: str, project_id: str, env_id: str
+) -> None:
+    """Delete the environment; the database cascades to every row under it."""
+    await authorize(session, caller, org_id, Role.ADMIN)
+    row = await get_environment_row(session, org_id, project_id, env_id)
+    await session.delete(row)
+    await session.commit()

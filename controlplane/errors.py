@@ -1,0 +1,248 @@
+"""Domain errors and the one place that renders every error as RFC 9457 problem+json.
+
+Exception tree::
+
+    DomainError                 raised by services; carries status, title and a stable type
+    ├── Invalid         422     well-formed request that breaks a rule
+    ├── BadRequest      400     malformed parameters (cursor, limit, ...)
+    ├── Unauthorized    401     missing, unknown, expired or revoked credential
+    ├── Forbidden       403     authenticated but the role or scope is insufficient
+    ├── NotFound        404     absent, or invisible to the caller (never a 403 that leaks existence)
+    └── Conflict        409     duplicate name, illegal state change, last owner removal
+
+Litestar's own ``HTTPException`` family (validation errors, 404/405 routing, 413 body caps) is
+rendered by the same function, and anything else becomes a 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from shared.problem import PROBLEM_CONTENT_TYPE, FieldError, Problem
+
+if TYPE_CHECKING:
+    from litestar.types import ExceptionHandlersMap
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "DomainError",
+    "Forbidden",
+    "Invalid",
+    "NotFound",
+    "Unauthorized",
+    "exception_handlers",
+    "problem_response",
+    "request_id_of",
+]
+
+logger = logging.getLogger("byteor.controlplane")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class DomainError(Exception):
+    """Base of the errors services raise; each subclass fixes the HTTP status."""
+
+    status_code: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad Request"
+    slug: ClassVar[str] = "bad-request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class BadRequest(DomainError):
+    status_code = 400
+    title = "Bad Request"
+    slug = "bad-request"
+
+
+class Invalid(DomainError):
+    status_code = 422
+    title = "Unprocessable Content"
+    slug = "invalid"
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="byteor"'
+        if error:
+            challenge += f', error="{error}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(DomainError):
+    status_code = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class NotFound(DomainError):
+    status_code = 404
+    title = "Not Found"
+    slug = "not-found"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
+_HTTP_SLUGS = {
+    400: ("Bad Request", "bad-request"),
+    401: ("Unauthorized", "unauthorized"),
+    403: ("Forbidden", "forbidden"),
+    404: ("Not Found", "not-found"),
+    405: ("Method Not Allowed", "method-not-allowed"),
+    409: ("Conflict", "conflict"),
+    413: ("Content Too Large", "payload-too-large"),
+    415: ("Unsupported Media Type", "unsupported-media-type"),
+    422: ("Unprocessable Content", "invalid"),
+    429: ("Too Many Requests", "rate-limited"),
+    500: ("Internal Server Error", "internal"),
+    503: ("Service Unavailable", "unavailable"),
+}
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    """The request id: the caller's ``X-Request-ID`` when sane, else a new one (memoised)."""
+    state = request.scope.setdefault("state", {})
+    existing = state.get("request_id")
+    if isinstance(existing, str):
+        return existing
+    incoming = request.headers.get("x-request-id", "")
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
+    state["request_id"] = request_id
+    return request_id
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    *,
+    status: int,
+    detail: str | None,
+    slug: str | None = None,
+    title: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
+    """Build the problem+json response every error goes through."""
+    default_title, default_slug = _HTTP_SLUGS.get(status, ("Error", "error"))
+    request_id = request_id_of(request)
+    problem = Problem(
+        type=f"urn:byteor:problem:{slug or default_slug}",
+        title=title or default_title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        request_id=request_id,
+        errors=errors or None,
+    )
+    return Response(
+        content=problem,
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers={**(headers or {}), "X-Request-ID": request_id},
+    )
+
+
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def _field_errors(exc: ValidationException) -> list[FieldError]:
+    errors: list[FieldError] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid value"))
+        source = str(item.get("source") or "body")
+        field = str(item.get("key") or "")
+        if (unknown := _UNKNOWN_FIELD.search(message)) is not None:
+            field = unknown.group(1)
+        if (at := _AT_PATH.search(message)) is not None:
+            field = at.group(1) or field
+            message = message[: at.start()]
+        if field == "data":
+            field = "$"
+        errors.append(FieldError(field=field, message=message, source=source))
+    return errors
+
+
+def _on_domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[Problem]:
+    return problem_response(
+        request,
+        status=exc.status_code,
+        detail=exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        errors=exc.errors,
+        headers=exc.headers,
+    )
+
+
+def _on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    status = exc.status_code
+    if status >= 500:
+        return _on_unexpected(request, exc)
+    headers = dict(exc.headers or {})
+    if isinstance(exc, ValidationException):
+        errors = _field_errors(exc)
+        if errors:
+            listed = "; ".join(f"{e.field}: {e.message}" for e in errors)
+            return problem_response(
+                request,
+                status=400,
+                detail=f"Invalid request: {listed}",
+                slug="validation",
+                errors=errors,
+                headers=headers,
+            )
+        return problem_response(request, status=400, detail=exc.detail, headers=headers)
+    detail = exc.detail
+    if status == 413:
+        detail = "Request body is larger than this route accepts"
+    return problem_response(request, status=status, detail=detail, headers=headers)
+
+
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    request_id = request_id_of(request)
+    logger.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"request_id": request_id, "path": request.url.path},
+    )
+    return problem_response(
+        request,
+        status=500,
+        detail=f"An unexpected error occurred; quote request id {request_id} when reporting it",
+    )
+
+
+exception_handlers: ExceptionHandlersMap = {
+    DomainError: _on_domain_error,
+    HTTPException: _on_http_exception,
+    Exception: _on_unexpected,
+}

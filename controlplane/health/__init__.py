@@ -1,0 +1,5 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

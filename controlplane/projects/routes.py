@@ -1,0 +1,53 @@
+"""``/api/v1/orgs/{org_id}/projects``."""
+
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post, put
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.auth.principal import Principal
+from controlplane.pagination import PageRequest
+from controlplane.projects import service
+from shared.resources import Page, Project, ProjectCreate, ProjectUpdate
+
+__all__ = ["ProjectController"]
+
+
+class ProjectController(Controller):
+    path = "/api/v1/orgs/{org_id:str}/projects"
+    tags = ["projects"]
+
+    @get("/", summary="List projects (viewer)")
+    async def list_projects(
+        self, session: AsyncSession, caller: Principal, org_id: str, page: PageRequest
+    ) -> Page[Project]:
+        return await service.list_projects(session, caller, org_id, page)
+
+    @post("/", summary="Create a project (admin)")
+    async def create_project(
+        self, session: AsyncSession, caller: Principal, org_id: str, data: ProjectCreate
+    ) -> Project:
+        return await service.create_project(session, caller, org_id, data)
+
+    @get("/{project_id:str}", summary="Get a project (viewer)")
+    async def get_project(
+        self, session: AsyncSession, caller: Principal, org_id: str, project_id: str
+    ) -> Project:
+        return await service.get_project(session, caller, org_id, project_id)
+
+    @put("/{project_id:str}", summary="Update a project; omitted fields keep their value (admin)")
+    async def update_project(
+        self,
+        session: AsyncSession,
+        caller: Principal,
+        org_id: str,
+        project_id: str,
+        data: ProjectUpdate,
+    ) -> Project:
+        return await service.update_project(session, caller, org_id, project_id, data)
+
+    @delete("/{project_id:str}", summary="Delete a project and everything under it (admin)")
+    async def delete_project(
+        self, session: AsyncSession, caller: Principal, org_id: str, project_id: str
+    ) -> None:
+        await service.delete_project(session, caller, org_id, project_id)
