@@ -26,6 +26,7 @@ from controlplane.orgs.routes import (
     ServiceAccountController,
 )
 from controlplane.projects.routes import ProjectController
+from controlplane.request import ByteorRequest
 from controlplane.settings import Settings
 from shared import __version__
 
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi,
         request_max_body_size=settings.max_request_body_bytes,
         before_send=[_send_request_id],
+        request_class=ByteorRequest,
         logging_config=None,
         debug=False,
     )

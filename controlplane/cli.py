@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,12 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
+    # uvicorn drains in-flight requests on SIGTERM/SIGINT and then re-raises the signal to the
+    # handler that was installed before it; a no-op handler here turns that into a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.Server(config).run()
+    logger.info("control plane stopped")
     return 0
 
 

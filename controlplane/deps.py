@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Annotated, Any, TypeAlias
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.auth.principal import Principal
 from controlplane.pagination import PageRequest, page_request
 from controlplane.settings import Settings
 
-__all__ = ["dependencies"]
+__all__ = ["Caller", "DbSession", "Paging", "dependencies"]
+
+
+#: The request's database session (``session: DbSession``).
+DbSession: TypeAlias = NamedDependency[AsyncSession]
+#: The authenticated principal (``caller: Caller``).
+Caller: TypeAlias = NamedDependency[Principal]
+#: Validated ``?limit=&cursor=`` (``page: Paging``).
+Paging: TypeAlias = NamedDependency[PageRequest]
 
 
 async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
@@ -34,16 +42,10 @@ def provide_caller(request: Request[Any, Any, Any]) -> Principal:
 
 def provide_page(
     state: State,
-    limit: int | None = Parameter(
-        query="limit", default=None, required=False, description="page size (bounded)"
-    ),
-    cursor: str | None = Parameter(
-        query="cursor",
-        default=None,
-        required=False,
-        max_length=200,
-        description="next_cursor of the previous page",
-    ),
+    limit: Annotated[int | None, QueryParameter(description="page size (bounded)")] = None,
+    cursor: Annotated[
+        str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")
+    ] = None,
 ) -> PageRequest:
     settings: Settings = state.settings
     return page_request(

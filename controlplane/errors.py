@@ -167,7 +167,7 @@ def problem_response(
     )
 
 
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
@@ -180,8 +180,8 @@ def _field_errors(exc: ValidationException) -> list[FieldError]:
         message = str(item.get("message", "invalid value"))
         source = str(item.get("source") or "body")
         field = str(item.get("key") or "")
-        if (unknown := _UNKNOWN_FIELD.search(message)) is not None:
-            field = unknown.group(1)
+        if (named := _NAMED_FIELD.search(message)) is not None:
+            field = named.group(1)
         if (at := _AT_PATH.search(message)) is not None:
             field = at.group(1) or field
             message = message[: at.start()]

@@ -9,7 +9,7 @@ __all__ = ["PROBLEM_CONTENT_TYPE", "FieldError", "Problem"]
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
-class FieldError(msgspec.Struct, kw_only=True, omit_defaults=True):
+class FieldError(msgspec.Struct, kw_only=True):
     """One invalid field of a request: where it is and what is wrong with it."""
 
     field: str

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from litestar import Controller, delete, get, post
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import FromPath, JSONBody
 
 from controlplane.auth import service
-from controlplane.auth.principal import Principal
+from controlplane.deps import Caller, DbSession
 from shared.resources import ApiToken, ApiTokenCreate, ApiTokenCreated, Me
 
 __all__ = ["MeController", "TokenController"]
@@ -17,7 +17,7 @@ class MeController(Controller):
     tags = ["identity"]
 
     @get("/", summary="The caller and their organization memberships")
-    async def me(self, session: AsyncSession, caller: Principal) -> Me:
+    async def me(self, session: DbSession, caller: Caller) -> Me:
         return await service.describe_caller(session, caller)
 
 
@@ -26,15 +26,17 @@ class TokenController(Controller):
     tags = ["identity"]
 
     @get("/", summary="List the caller's API tokens (never their secrets)")
-    async def list_tokens(self, session: AsyncSession, caller: Principal) -> list[ApiToken]:
+    async def list_tokens(self, session: DbSession, caller: Caller) -> list[ApiToken]:
         return await service.list_tokens(session, caller.user_id)
 
     @post("/", summary="Create an API token for the caller; the secret is shown once")
     async def create_token(
-        self, session: AsyncSession, caller: Principal, data: ApiTokenCreate
+        self, session: DbSession, caller: Caller, data: JSONBody[ApiTokenCreate]
     ) -> ApiTokenCreated:
         return await service.create_token(session, caller.user_id, data.name, data.expires_in)
 
     @delete("/{token_id:str}", summary="Revoke one of the caller's tokens")
-    async def revoke_token(self, session: AsyncSession, caller: Principal, token_id: str) -> None:
+    async def revoke_token(
+        self, session: DbSession, caller: Caller, token_id: FromPath[str]
+    ) -> None:
         await service.revoke_token(session, caller.user_id, token_id)

@@ -47,10 +47,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def _same_as_created(context: Any) -> datetime:
+    created: datetime = context.get_current_parameters()["created_at"]
+    return created
+
+
 class TimestampedMixin:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    # A new row's updated_at equals its created_at exactly.
     updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
+        UTCDateTime, default=_same_as_created, onupdate=utcnow, nullable=False
     )
 
 

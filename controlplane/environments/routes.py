@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from litestar import Controller, delete, get, post, put
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import FromPath, JSONBody
 
-from controlplane.auth.principal import Principal
+from controlplane.deps import Caller, DbSession, Paging
 from controlplane.environments import service
-from controlplane.pagination import PageRequest
 from shared.resources import Environment, EnvironmentCreate, EnvironmentUpdate, Page
 
 __all__ = ["EnvironmentController"]
@@ -20,45 +19,55 @@ class EnvironmentController(Controller):
     @get("/", summary="List environments (viewer)")
     async def list_environments(
         self,
-        session: AsyncSession,
-        caller: Principal,
-        org_id: str,
-        project_id: str,
-        page: PageRequest,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        page: Paging,
     ) -> Page[Environment]:
         return await service.list_environments(session, caller, org_id, project_id, page)
 
     @post("/", summary="Create an environment with its settings (admin)")
     async def create_environment(
         self,
-        session: AsyncSession,
-        caller: Principal,
-        org_id: str,
-        project_id: str,
-        data: EnvironmentCreate,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        data: JSONBody[EnvironmentCreate],
     ) -> Environment:
         return await service.create_environment(session, caller, org_id, project_id, data)
 
     @get("/{env_id:str}", summary="Get an environment (viewer)")
     async def get_environment(
-        self, session: AsyncSession, caller: Principal, org_id: str, project_id: str, env_id: str
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
     ) -> Environment:
         return await service.get_environment(session, caller, org_id, project_id, env_id)
 
     @put("/{env_id:str}", summary="Update settings; omitted fields keep their value (admin)")
     async def update_environment(
         self,
-        session: AsyncSession,
-        caller: Principal,
-        org_id: str,
-        project_id: str,
-        env_id: str,
-        data: EnvironmentUpdate,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        data: JSONBody[EnvironmentUpdate],
     ) -> Environment:
         return await service.update_environment(session, caller, org_id, project_id, env_id, data)
 
     @delete("/{env_id:str}", summary="Delete an environment and everything under it (admin)")
     async def delete_environment(
-        self, session: AsyncSession, caller: Principal, org_id: str, project_id: str, env_id: str
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
     ) -> None:
         await service.delete_environment(session, caller, org_id, project_id, env_id)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, delete, get, post, put
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import FromPath, JSONBody
 
-from controlplane.auth.principal import Principal
-from controlplane.pagination import PageRequest
+from controlplane.deps import Caller, DbSession, Paging
 from controlplane.projects import service
 from shared.resources import Page, Project, ProjectCreate, ProjectUpdate
 
@@ -19,35 +18,39 @@ class ProjectController(Controller):
 
     @get("/", summary="List projects (viewer)")
     async def list_projects(
-        self, session: AsyncSession, caller: Principal, org_id: str, page: PageRequest
+        self, session: DbSession, caller: Caller, org_id: FromPath[str], page: Paging
     ) -> Page[Project]:
         return await service.list_projects(session, caller, org_id, page)
 
     @post("/", summary="Create a project (admin)")
     async def create_project(
-        self, session: AsyncSession, caller: Principal, org_id: str, data: ProjectCreate
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        data: JSONBody[ProjectCreate],
     ) -> Project:
         return await service.create_project(session, caller, org_id, data)
 
     @get("/{project_id:str}", summary="Get a project (viewer)")
     async def get_project(
-        self, session: AsyncSession, caller: Principal, org_id: str, project_id: str
+        self, session: DbSession, caller: Caller, org_id: FromPath[str], project_id: FromPath[str]
     ) -> Project:
         return await service.get_project(session, caller, org_id, project_id)
 
     @put("/{project_id:str}", summary="Update a project; omitted fields keep their value (admin)")
     async def update_project(
         self,
-        session: AsyncSession,
-        caller: Principal,
-        org_id: str,
-        project_id: str,
-        data: ProjectUpdate,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        data: JSONBody[ProjectUpdate],
     ) -> Project:
         return await service.update_project(session, caller, org_id, project_id, data)
 
     @delete("/{project_id:str}", summary="Delete a project and everything under it (admin)")
     async def delete_project(
-        self, session: AsyncSession, caller: Principal, org_id: str, project_id: str
+        self, session: DbSession, caller: Caller, org_id: FromPath[str], project_id: FromPath[str]
     ) -> None:
         await service.delete_project(session, caller, org_id, project_id)

@@ -1,0 +1,164 @@
+"""Fixtures: the real app on a real database (SQLite, and PostgreSQL when reachable)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from litestar import Litestar
+from sqlalchemy import func, select
+
+from controlplane.app import create_app
+from controlplane.auth.service import create_token, find_or_create_user
+from controlplane.db import Database
+from controlplane.db.models import MembershipRow, OrganizationRow
+from controlplane.settings import Settings
+from shared.roles import Role
+from tests.backends import throwaway_database
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def in_process_client(app: Litestar) -> httpx.AsyncClient:
+    """An HTTP client that calls ``app`` in-process on the current event loop."""
+    transport = httpx.ASGITransport(app=cast("Any", app))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A caller with a bearer token."""
+
+    user_id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Tree:
+    """An organization with one project and one environment, and its owner."""
+
+    owner: Actor
+    org_id: str
+    project_id: str
+    env_id: str
+
+    @property
+    def org_path(self) -> str:
+        return f"/api/v1/orgs/{self.org_id}"
+
+    @property
+    def project_path(self) -> str:
+        return f"{self.org_path}/projects/{self.project_id}"
+
+    @property
+    def env_path(self) -> str:
+        return f"{self.project_path}/environments/{self.env_id}"
+
+
+@dataclass
+class Stack:
+    """The running app, its HTTP client and its database, plus factories for test data."""
+
+    client: httpx.AsyncClient
+    database: Database
+    backend: str
+    settings: Settings
+    _counter: list[int] = field(default_factory=lambda: [0])
+
+    def unique(self, stem: str) -> str:
+        self._counter[0] += 1
+        return f"{stem}-{self._counter[0]}-{secrets.token_hex(3)}"
+
+    async def human(self, email: str | None = None) -> Actor:
+        """A person with a bearer token and no memberships (as after sign-in)."""
+        async with self.database.sessionmaker() as session:
+            user = await find_or_create_user(session, email or f"{self.unique('user')}@example.com")
+            await session.commit()
+            token = await create_token(session, user.id, "test")
+        return Actor(user_id=user.id, token=token.token)
+
+    async def call(
+        self, method: str, path: str, actor: Actor | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if actor is not None:
+            headers.update(actor.headers)
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def ok(self, method: str, path: str, actor: Actor | None = None, **kwargs: Any) -> Any:
+        response = await self.call(method, path, actor, **kwargs)
+        assert response.status_code < 300, response.text
+        return response.json() if response.content else None
+
+    async def tree(self, owner: Actor | None = None) -> Tree:
+        owner = owner or await self.human()
+        org = await self.ok("POST", "/api/v1/orgs", owner, json={"name": self.unique("org")})
+        project = await self.ok(
+            "POST", f"/api/v1/orgs/{org['id']}/projects", owner, json={"name": "payments"}
+        )
+        env = await self.ok(
+            "POST",
+            f"/api/v1/orgs/{org['id']}/projects/{project['id']}/environments",
+            owner,
+            json={"name": "production"},
+        )
+        return Tree(owner=owner, org_id=org["id"], project_id=project["id"], env_id=env["id"])
+
+    async def member(self, tree: Tree, role: Role) -> Actor:
+        """A service account of ``tree``'s organization with ``role``."""
+        body = await self.ok(
+            "POST",
+            f"{tree.org_path}/service-accounts",
+            tree.owner,
+            json={"name": self.unique(role.value), "role": role.value},
+        )
+        return Actor(user_id=body["id"], token=body["token"])
+
+    async def count(self, model: type[Any], *where: Any) -> int:
+        async with self.database.sessionmaker() as session:
+            value = await session.scalar(select(func.count()).select_from(model).where(*where))
+        return int(value or 0)
+
+    async def owner_count(self) -> int:
+        return await self.count(MembershipRow, MembershipRow.role == Role.OWNER.value)
+
+    async def org_exists(self, org_id: str) -> bool:
+        return await self.count(OrganizationRow, OrganizationRow.id == org_id) == 1
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    backend: str = request.param
+    directory: Path = tmp_path_factory.mktemp(f"stack-{backend}")
+    async with throwaway_database(backend, directory) as url:
+        settings = Settings(data_dir=directory, database_url=url, auto_migrate=True)
+        app = create_app(settings)
+        # The app's lifespan and every request run on the test's own event loop (asyncpg needs it).
+        async with (
+            app.lifespan(),
+            in_process_client(app) as client,
+        ):
+            yield Stack(
+                client=client, database=app.state.database, backend=backend, settings=settings
+            )
+
+
+@pytest.fixture
+async def tree(stack: Stack) -> Tree:
+    return await stack.tree()

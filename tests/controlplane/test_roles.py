@@ -1,0 +1,117 @@
+"""Every org-scoped route x every role: allowed, 403 (member, role too low), 404 (outsider), 401."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from shared.roles import Role
+from tests.conftest import Actor, Stack, Tree
+
+pytestmark = pytest.mark.anyio
+
+Prepare = Callable[[Stack, Tree], Awaitable[dict[str, str]]]
+
+
+async def _nothing(_stack: Stack, _tree: Tree) -> dict[str, str]:
+    return {}
+
+
+async def _viewer_member(stack: Stack, tree: Tree) -> dict[str, str]:
+    body = await stack.ok(
+        "POST",
+        f"{tree.org_path}/members",
+        tree.owner,
+        json={"email": f"{stack.unique('m')}@example.com", "role": "viewer"},
+    )
+    return {"user": body["user_id"]}
+
+
+async def _service_account(stack: Stack, tree: Tree) -> dict[str, str]:
+    body = await stack.ok(
+        "POST",
+        f"{tree.org_path}/service-accounts",
+        tree.owner,
+        json={"name": "ci", "role": "viewer"},
+    )
+    return {"sa": body["id"], "token": body["token_id"]}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    minimum: Role
+    body: dict[str, Any] | None = None
+    prepare: Prepare = _nothing
+
+    @property
+    def success(self) -> int:
+        return {"GET": 200, "POST": 201, "PUT": 200, "DELETE": 204}[self.method]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+ORG = "/api/v1/orgs/{org}"
+PRJ = ORG + "/projects/{project}"
+ENV = PRJ + "/environments/{env}"
+SA = ORG + "/service-accounts/{sa}"
+
+ROUTES = [
+    Route("GET", ORG, Role.VIEWER),
+    Route("PUT", ORG, Role.ADMIN, {"name": "renamed"}),
+    Route("GET", ORG + "/projects", Role.VIEWER),
+    Route("POST", ORG + "/projects", Role.ADMIN, {"name": "new-project"}),
+    Route("GET", PRJ, Role.VIEWER),
+    Route("PUT", PRJ, Role.ADMIN, {"description": "changed"}),
+    Route("DELETE", PRJ, Role.ADMIN),
+    Route("GET", PRJ + "/environments", Role.VIEWER),
+    Route("POST", PRJ + "/environments", Role.ADMIN, {"name": "staging"}),
+    Route("GET", ENV, Role.VIEWER),
+    Route("PUT", ENV, Role.ADMIN, {"approvals_required": 2}),
+    Route("DELETE", ENV, Role.ADMIN),
+    Route("GET", ORG + "/members", Role.VIEWER),
+    Route("POST", ORG + "/members", Role.ADMIN, {"email": "new@example.com", "role": "viewer"}),
+    Route("PUT", ORG + "/members/{user}", Role.ADMIN, {"role": "deployer"}, _viewer_member),
+    Route("DELETE", ORG + "/members/{user}", Role.ADMIN, None, _viewer_member),
+    Route("GET", ORG + "/service-accounts", Role.ADMIN),
+    Route("POST", ORG + "/service-accounts", Role.ADMIN, {"name": "ci", "role": "viewer"}),
+    Route("DELETE", SA, Role.ADMIN, None, _service_account),
+    Route("GET", SA + "/tokens", Role.ADMIN, None, _service_account),
+    Route("POST", SA + "/tokens", Role.ADMIN, {"name": "deploy"}, _service_account),
+    Route("DELETE", SA + "/tokens/{token}", Role.ADMIN, None, _service_account),
+]
+
+CALLERS = [*Role, "outsider", "anonymous"]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+@pytest.mark.parametrize("who", CALLERS, ids=str)
+async def test_route_checks_role(stack: Stack, route: Route, who: Role | str) -> None:
+    tree = await stack.tree()
+    ids = {"org": tree.org_id, "project": tree.project_id, "env": tree.env_id}
+    ids |= await route.prepare(stack, tree)
+    path = route.path.format(**ids)
+
+    caller: Actor | None
+    if who == "anonymous":
+        caller, expected = None, 401
+    elif who == "outsider":
+        caller, expected = await stack.human(), 404
+    else:
+        role = Role(who)
+        caller = tree.owner if role is Role.OWNER else await stack.member(tree, role)
+        expected = route.success if role.at_least(route.minimum) else 403
+
+    response = await stack.call(route.method, path, caller, json=route.body)
+
+    assert response.status_code == expected, response.text
+    if expected >= 400:
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == expected
+    if expected == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
