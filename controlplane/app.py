@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -12,22 +13,35 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.agents.heartbeats import HeartbeatBuffer
+from controlplane.agents.routes import (
+    AgentAdminController,
+    AgentRuntimeController,
+    EnrollmentTokenController,
+)
 from controlplane.auth.middleware import AuthenticationMiddleware
 from controlplane.auth.routes import MeController, TokenController
+from controlplane.blobs import BlobStore
+from controlplane.bundles.routes import ConfigBundleController
+from controlplane.bundles.service import BUILD_JOB, build_bundle
 from controlplane.db import create_database
 from controlplane.db.migrate import head_revision, upgrade
 from controlplane.deps import dependencies
 from controlplane.environments.routes import EnvironmentController
 from controlplane.errors import exception_handlers, request_id_of
 from controlplane.health.routes import healthz, readyz
+from controlplane.jobs import JobHandler, Worker
 from controlplane.orgs.routes import (
     MemberController,
     OrganizationController,
     ServiceAccountController,
 )
+from controlplane.pipelines.routes import DraftController, VersionController
 from controlplane.projects.routes import ProjectController
 from controlplane.request import ByteorRequest
-from controlplane.settings import Settings
+from controlplane.settings import DeploymentMode, Settings
+from controlplane.signing.kek import load_kek
+from controlplane.signing.routes import SigningKeyController
 from shared import __version__
 
 if TYPE_CHECKING:
@@ -40,6 +54,11 @@ __all__ = ["create_app"]
 logger = logging.getLogger("byteor.controlplane")
 
 
+def job_handlers() -> dict[str, JobHandler]:
+    """Every kind of durable job this control plane runs, by name."""
+    return {BUILD_JOB: build_bundle}
+
+
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -47,12 +66,34 @@ def _lifespan(settings: Settings) -> Any:
         app.state.database = database
         app.state.schema_head = head_revision()
         app.state.draining = False
+        app.state.kek = load_kek(settings)
+        app.state.blobs = BlobStore(settings.blob_dir)
         if settings.should_auto_migrate:
             await upgrade(database.engine)
             logger.info("database schema is at %s", app.state.schema_head)
+        worker: Worker | None = None
+        worker_task: asyncio.Task[None] | None = None
+        if settings.deployment_mode in (DeploymentMode.WORKER, DeploymentMode.COMBINED):
+            worker = Worker(
+                database=database,
+                settings=settings,
+                kek=app.state.kek,
+                blobs=app.state.blobs,
+                handlers=job_handlers(),
+            )
+            worker_task = asyncio.create_task(worker.run(), name="byteor-job-worker")
+        app.state.worker = worker
+        heartbeats = HeartbeatBuffer(database, settings.heartbeat_flush_seconds)
+        app.state.heartbeats = heartbeats
+        heartbeat_task = asyncio.create_task(heartbeats.run(), name="byteor-heartbeat-flush")
         try:
             yield
         finally:
+            await heartbeats.shutdown()
+            await heartbeat_task
+            if worker is not None and worker_task is not None:
+                await worker.shutdown()
+                await worker_task
             await database.dispose()
 
     return lifespan
@@ -86,7 +127,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             security_schemes={
                 "bearer": SecurityScheme(
                     type="http", scheme="bearer", description="byteor_pat_... API token"
-                )
+                ),
+                "enrollment": SecurityScheme(
+                    type="http", scheme="bearer", description="byteor_enr_... enrollment token"
+                ),
+                "agent_key": SecurityScheme(
+                    type="http", scheme="bearer", description="byteor_agk_... agent runtime key"
+                ),
             }
         ),
         security=[{"bearer": []}],
@@ -103,6 +150,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ServiceAccountController,
             ProjectController,
             EnvironmentController,
+            DraftController,
+            VersionController,
+            ConfigBundleController,
+            SigningKeyController,
+            EnrollmentTokenController,
+            AgentAdminController,
+            AgentRuntimeController,
         ],
         dependencies=dependencies,
         middleware=[auth],

@@ -12,10 +12,12 @@ from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.auth.principal import Principal
+from controlplane.blobs import BlobStore
 from controlplane.pagination import PageRequest, page_request
 from controlplane.settings import Settings
+from controlplane.signing.kek import KeyEncryptionKey
 
-__all__ = ["Caller", "DbSession", "Paging", "dependencies"]
+__all__ = ["Blobs", "Caller", "DbSession", "Kek", "Paging", "dependencies"]
 
 
 #: The request's database session (``session: DbSession``).
@@ -24,6 +26,10 @@ DbSession: TypeAlias = NamedDependency[AsyncSession]
 Caller: TypeAlias = NamedDependency[Principal]
 #: Validated ``?limit=&cursor=`` (``page: Paging``).
 Paging: TypeAlias = NamedDependency[PageRequest]
+#: The blob store (``blobs: Blobs``).
+Blobs: TypeAlias = NamedDependency[BlobStore]
+#: The key-encryption key (``kek: Kek``).
+Kek: TypeAlias = NamedDependency[KeyEncryptionKey]
 
 
 async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
@@ -53,7 +59,19 @@ def provide_page(
     )
 
 
+def provide_blobs(state: State) -> BlobStore:
+    store: BlobStore = state.blobs
+    return store
+
+
+def provide_kek(state: State) -> KeyEncryptionKey:
+    kek: KeyEncryptionKey = state.kek
+    return kek
+
+
 dependencies = {
+    "blobs": Provide(provide_blobs, sync_to_thread=False),
+    "kek": Provide(provide_kek, sync_to_thread=False),
     "session": Provide(provide_session),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "page": Provide(provide_page, sync_to_thread=False),

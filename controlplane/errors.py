@@ -8,6 +8,7 @@ Exception tree::
     ├── Unauthorized    401     missing, unknown, expired or revoked credential
     ├── Forbidden       403     authenticated but the role or scope is insufficient
     ├── NotFound        404     absent, or invisible to the caller (never a 403 that leaks existence)
+    ├── PreconditionFailed 412  stale If-Match revision
     └── Conflict        409     duplicate name, illegal state change, last owner removal
 
 Litestar's own ``HTTPException`` family (validation errors, 404/405 routing, 413 body caps) is
@@ -36,6 +37,7 @@ __all__ = [
     "Forbidden",
     "Invalid",
     "NotFound",
+    "PreconditionFailed",
     "Unauthorized",
     "exception_handlers",
     "problem_response",
@@ -60,11 +62,13 @@ class DomainError(Exception):
         *,
         errors: list[FieldError] | None = None,
         headers: dict[str, str] | None = None,
+        diagnostics: list[Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.diagnostics = diagnostics
 
 
 class BadRequest(DomainError):
@@ -91,6 +95,12 @@ class Unauthorized(DomainError):
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
+class PreconditionFailed(DomainError):
+    status_code = 412
+    title = "Precondition Failed"
+    slug = "precondition-failed"
+
+
 class Forbidden(DomainError):
     status_code = 403
     title = "Forbidden"
@@ -115,6 +125,7 @@ _HTTP_SLUGS = {
     403: ("Forbidden", "forbidden"),
     404: ("Not Found", "not-found"),
     405: ("Method Not Allowed", "method-not-allowed"),
+    412: ("Precondition Failed", "precondition-failed"),
     409: ("Conflict", "conflict"),
     413: ("Content Too Large", "payload-too-large"),
     415: ("Unsupported Media Type", "unsupported-media-type"),
@@ -146,6 +157,7 @@ def problem_response(
     title: str | None = None,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    diagnostics: list[Any] | None = None,
 ) -> Response[Problem]:
     """Build the problem+json response every error goes through."""
     default_title, default_slug = _HTTP_SLUGS.get(status, ("Error", "error"))
@@ -158,6 +170,7 @@ def problem_response(
         instance=request.url.path,
         request_id=request_id,
         errors=errors or None,
+        diagnostics=diagnostics,
     )
     return Response(
         content=problem,
@@ -200,6 +213,7 @@ def _on_domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Respo
         title=exc.title,
         errors=exc.errors,
         headers=exc.headers,
+        diagnostics=exc.diagnostics,
     )
 
 

@@ -9,7 +9,7 @@ import enum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DeploymentMode", "Settings"]
@@ -63,6 +63,35 @@ class Settings(BaseSettings):
         default=200, description="largest accepted ?limit="
     )
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    key_encryption_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "base64url of 32 random bytes that encrypts signing keys at rest; default: a key file "
+            "generated (0600) in the data dir, fine for one SQLite process"
+        ),
+    )
+    key_rotation_overlap_seconds: Annotated[int, Field(ge=0, le=90 * 86400)] = Field(
+        default=7 * 86400,
+        description="how long a rotated-out signing key stays valid for verification",
+    )
+    agent_heartbeat_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        default=30.0, description="the heartbeat interval the control plane asks agents to use"
+    )
+    agent_stale_after_seconds: Annotated[float, Field(ge=1)] = Field(
+        default=90.0, description="an agent without a heartbeat for this long is `stale`"
+    )
+    agent_offline_after_seconds: Annotated[float, Field(ge=1)] = Field(
+        default=600.0, description="an agent without a heartbeat for this long is `offline`"
+    )
+    heartbeat_flush_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=2.0, description="heartbeats are coalesced in memory and written this often"
+    )
+    job_poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=1.0, description="how often an idle worker looks for due jobs"
+    )
+    job_lease_seconds: Annotated[int, Field(ge=5, le=3600)] = Field(
+        default=120, description="a claimed job not finished in this time is picked up again"
+    )
 
     @field_validator("api_bind_addr")
     @classmethod
@@ -88,6 +117,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'byteor.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where content-addressed blobs (bundle archives, artifacts) are stored."""
+        return self.data_dir / "blobs"
 
     @property
     def is_sqlite(self) -> bool:

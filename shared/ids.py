@@ -26,6 +26,7 @@ PREFIXES: Final = frozenset(
         "usr",
         "tok",
         "agt",
+        "agk",
         "enr",
         "drf",
         "ver",

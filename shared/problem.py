@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = ["PROBLEM_CONTENT_TYPE", "FieldError", "Problem"]
@@ -30,3 +32,5 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     instance: str | None = None
     request_id: str | None = None
     errors: list[FieldError] | None = None
+    #: Pipeline validation diagnostics (``shared.spec.Diagnostic`` objects), on 422s from promote.
+    diagnostics: list[Any] | None = None

@@ -74,6 +74,7 @@ class Stack:
     """The running app, its HTTP client and its database, plus factories for test data."""
 
     client: httpx.AsyncClient
+    app: Litestar
     database: Database
     backend: str
     settings: Settings
@@ -155,7 +156,11 @@ async def stack(
             in_process_client(app) as client,
         ):
             yield Stack(
-                client=client, database=app.state.database, backend=backend, settings=settings
+                client=client,
+                app=app,
+                database=app.state.database,
+                backend=backend,
+                settings=settings,
             )
 
 

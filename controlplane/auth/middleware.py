@@ -1,7 +1,10 @@
 """Authenticates every request to a non-excluded route before its body is read.
 
 Routes opt out with ``opt={"exclude_from_auth": True}`` (health, schema). The credential kind a
-route accepts is ``opt["credential"]`` (default ``"bearer"``); a token of another kind is a 401.
+route accepts is ``opt["credential"]``: ``"bearer"`` (default; API and session tokens),
+``"enrollment"`` (checked and consumed by the enroll service) or ``"agent"`` (an agent key, which
+must belong to the ``{agent_id}`` in the path (else 401) and carry ``opt["scope"]`` (else 403)).
+A token of another kind is a 401.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from controlplane.agents.keys import authenticate_agent_key
+from controlplane.auth.principal import EnrollmentCredential
 from controlplane.auth.secrets import TokenKind
 from controlplane.auth.service import authenticate_bearer
-from controlplane.errors import Unauthorized
+from controlplane.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -44,10 +49,22 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
     ) -> AuthenticationResult:
         token = presented_token(connection)
         kind = TokenKind.of(token)
-        wanted = connection.route_handler.opt.get("credential", "bearer")
+        opt = connection.route_handler.opt
+        wanted = opt.get("credential", "bearer")
+        database: Database = connection.app.state.database
         if wanted == "bearer" and kind in BEARER_KINDS:
-            database: Database = connection.app.state.database
             async with database.sessionmaker() as session:
                 principal = await authenticate_bearer(session, token)
             return AuthenticationResult(user=principal, auth=principal.token_id)
-        raise Unauthorized("The token is not valid for this route")
+        if wanted == "enrollment" and kind is TokenKind.ENROLLMENT:
+            return AuthenticationResult(user=EnrollmentCredential(token), auth=None)
+        if wanted == "agent" and kind is TokenKind.AGENT_KEY:
+            async with database.sessionmaker() as session:
+                agent = await authenticate_agent_key(session, token)
+            if connection.path_params.get("agent_id") != agent.agent_id:
+                raise Unauthorized("This agent key belongs to another agent")
+            scope = opt.get("scope")
+            if scope is not None and scope not in agent.scopes:
+                raise Forbidden(f"The agent key lacks the {scope} scope")
+            return AuthenticationResult(user=agent, auth=agent.key_id)
+        raise Unauthorized("This kind of token is not accepted on this route")

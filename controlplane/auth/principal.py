@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from shared.roles import PrincipalKind
 
-__all__ = ["Principal"]
+__all__ = ["AgentPrincipal", "EnrollmentCredential", "Principal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +21,24 @@ class Principal:
     @property
     def is_service_account(self) -> bool:
         return self.kind is PrincipalKind.SERVICE
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPrincipal:
+    """An agent authenticated by its runtime key."""
+
+    agent_id: str
+    key_id: str
+    org_id: str
+    env_id: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentCredential:
+    """A presented enrollment token; the enroll service checks and consumes it atomically."""
+
+    token: str
+
+    def __repr__(self) -> str:  # never show the secret in logs or tracebacks
+        return "EnrollmentCredential(token=<redacted>)"

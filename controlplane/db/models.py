@@ -10,12 +10,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -23,12 +26,21 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from controlplane.db.types import JSONDocument, UTCDateTime, utcnow
 
 __all__ = [
+    "AgentKeyRow",
+    "AgentRow",
     "ApiTokenRow",
     "Base",
+    "ConfigBundleRow",
+    "EnrollmentTokenRow",
     "EnvironmentRow",
+    "JobRow",
+    "KeySetRow",
     "MembershipRow",
     "OrganizationRow",
+    "PipelineDraftRow",
+    "PipelineVersionRow",
     "ProjectRow",
+    "SigningKeyRow",
     "UserRow",
 ]
 
@@ -149,4 +161,208 @@ class ApiTokenRow(Base):
     hint: Mapped[str] = mapped_column(String(32), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PipelineDraftRow(TimestampedMixin, Base):
+    """A mutable authoring plan; every update bumps ``revision`` (used for If-Match)."""
+
+    __tablename__ = "pipeline_drafts"
+    __table_args__ = (UniqueConstraint("env_id", "name", name="uq_pipeline_drafts_env_id_name"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    plan: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    created_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    updated_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+
+
+class PipelineVersionRow(Base):
+    """An immutable, promoted version of a draft: the canonical spec.kv and its hash."""
+
+    __tablename__ = "pipeline_versions"
+    __table_args__ = (
+        UniqueConstraint("draft_id", "number", name="uq_pipeline_versions_draft_id_number"),
+        Index("ix_pipeline_versions_env_id_spec_hash", "env_id", "spec_hash"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False
+    )
+    draft_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("pipeline_drafts.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    draft_revision: Mapped[int] = mapped_column(Integer, nullable=False)
+    plan: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    spec_kv: Mapped[str] = mapped_column(Text, nullable=False)
+    spec_hash: Mapped[str] = mapped_column(String(80), nullable=False)
+    created_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class SigningKeyRow(Base):
+    """An organization's Ed25519 key; the private half is AES-GCM encrypted with the KEK."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    private_key_sealed: Mapped[str] = mapped_column(Text, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class KeySetRow(Base):
+    """Each published public key set of an organization, as the signed envelope agents receive."""
+
+    __tablename__ = "key_sets"
+
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    envelope: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class ConfigBundleRow(TimestampedMixin, Base):
+    """A pipeline version plus the environment's runtime posture, built into a signed archive."""
+
+    __tablename__ = "config_bundles"
+    __table_args__ = (Index("ix_config_bundles_env_id", "env_id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False
+    )
+    pipeline_version_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("pipeline_versions.id", ondelete="CASCADE"), nullable=False
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    spec_hash: Mapped[str] = mapped_column(String(80), nullable=False)
+    tuning_profile: Mapped[str] = mapped_column(String(32), nullable=False)
+    runtime_config: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    digest: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    signature: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+
+
+class JobRow(Base):
+    """A durable unit of background work, claimed under a lease by any worker process."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_run_after", "state", "run_after"),
+        UniqueConstraint("dedupe_key", name="uq_jobs_dedupe_key"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    payload: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=5)
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+
+class EnrollmentTokenRow(Base):
+    """An environment-scoped ``agent:enroll`` credential: expiring, counted, revocable."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    hint: Mapped[str] = mapped_column(String(32), nullable=False)
+    max_uses: Mapped[int] = mapped_column(Integer, nullable=False)
+    uses: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class AgentRow(TimestampedMixin, Base):
+    """An enrolled host. Heartbeat fields are written in coalesced batches, not per request."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("env_id", "name", name="uq_agents_env_id_name"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    project_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    hostname: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    public_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    enrolled_with: Mapped[str | None] = mapped_column(ID, nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    status_reported: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    uptime_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    active_deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    active_bundle_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    resources: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
+
+
+class AgentKeyRow(Base):
+    """An agent's runtime key, bound to the agent and to route scopes.
+
+    A rotated key is ``pending`` (its secret sealed with the KEK until it is handed to the agent in
+    a heartbeat response) until the agent first uses it; then the old key is revoked.
+    """
+
+    __tablename__ = "agent_keys"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    hint: Mapped[str] = mapped_column(String(32), nullable=False)
+    scopes: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    sealed_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
-from controlplane.deps import Caller, DbSession, Paging
+from controlplane.blobs.references import collect_garbage, digests_under
+from controlplane.deps import Blobs, Caller, DbSession, Paging
 from controlplane.environments import service
 from shared.resources import Environment, EnvironmentCreate, EnvironmentUpdate, Page
 
@@ -66,8 +67,11 @@ class EnvironmentController(Controller):
         self,
         session: DbSession,
         caller: Caller,
+        blobs: Blobs,
         org_id: FromPath[str],
         project_id: FromPath[str],
         env_id: FromPath[str],
     ) -> None:
+        digests = await digests_under(session, env_id=env_id)
         await service.delete_environment(session, caller, org_id, project_id, env_id)
+        await collect_garbage(session, blobs, digests)

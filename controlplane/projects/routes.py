@@ -5,7 +5,8 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
-from controlplane.deps import Caller, DbSession, Paging
+from controlplane.blobs.references import collect_garbage, digests_under
+from controlplane.deps import Blobs, Caller, DbSession, Paging
 from controlplane.projects import service
 from shared.resources import Page, Project, ProjectCreate, ProjectUpdate
 
@@ -51,6 +52,13 @@ class ProjectController(Controller):
 
     @delete("/{project_id:str}", summary="Delete a project and everything under it (admin)")
     async def delete_project(
-        self, session: DbSession, caller: Caller, org_id: FromPath[str], project_id: FromPath[str]
+        self,
+        session: DbSession,
+        caller: Caller,
+        blobs: Blobs,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
     ) -> None:
+        digests = await digests_under(session, project_id=project_id)
         await service.delete_project(session, caller, org_id, project_id)
+        await collect_garbage(session, blobs, digests)

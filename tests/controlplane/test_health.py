@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from controlplane.app import create_app
+from controlplane.db.migrate import head_revision
 from controlplane.settings import Settings
 from tests.conftest import Stack, in_process_client
 
@@ -16,7 +17,7 @@ async def test_healthz_and_readyz(stack: Stack) -> None:
     assert (await stack.call("GET", "/healthz")).json() == {"status": "ok"}
     ready = await stack.call("GET", "/readyz")
     assert ready.status_code == 200
-    assert ready.json()["schema_revision"] == "0001"
+    assert ready.json()["schema_revision"] == head_revision()
 
 
 async def _probe(settings: Settings, path: str) -> httpx.Response:

@@ -10,6 +10,7 @@ import pytest
 
 from shared.roles import Role
 from tests.conftest import Actor, Stack, Tree
+from tests.controlplane.pipelines.plans import SINGLE_RING
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +41,30 @@ async def _service_account(stack: Stack, tree: Tree) -> dict[str, str]:
     return {"sa": body["id"], "token": body["token_id"]}
 
 
+async def _draft(stack: Stack, tree: Tree) -> dict[str, str]:
+    body = await stack.ok(
+        "POST", f"{tree.env_path}/drafts", tree.owner, json={"name": "d", "plan": SINGLE_RING}
+    )
+    return {"draft": body["id"]}
+
+
+async def _version(stack: Stack, tree: Tree) -> dict[str, str]:
+    ids = await _draft(stack, tree)
+    body = await stack.ok("POST", f"{tree.env_path}/drafts/{ids['draft']}/version", tree.owner)
+    return ids | {"version": body["id"]}
+
+
+async def _bundle(stack: Stack, tree: Tree) -> dict[str, str]:
+    ids = await _version(stack, tree)
+    body = await stack.ok(
+        "POST",
+        f"{tree.env_path}/config-bundles",
+        tree.owner,
+        json={"pipeline_version_id": ids["version"]},
+    )
+    return ids | {"bundle": body["id"]}
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -47,9 +72,12 @@ class Route:
     minimum: Role
     body: dict[str, Any] | None = None
     prepare: Prepare = _nothing
+    status: int | None = None
 
     @property
     def success(self) -> int:
+        if self.status is not None:
+            return self.status
         return {"GET": 200, "POST": 201, "PUT": 200, "DELETE": 204}[self.method]
 
     def __str__(self) -> str:
@@ -60,6 +88,7 @@ ORG = "/api/v1/orgs/{org}"
 PRJ = ORG + "/projects/{project}"
 ENV = PRJ + "/environments/{env}"
 SA = ORG + "/service-accounts/{sa}"
+DRAFT = ENV + "/drafts/{draft}"
 
 ROUTES = [
     Route("GET", ORG, Role.VIEWER),
@@ -84,6 +113,27 @@ ROUTES = [
     Route("GET", SA + "/tokens", Role.ADMIN, None, _service_account),
     Route("POST", SA + "/tokens", Role.ADMIN, {"name": "deploy"}, _service_account),
     Route("DELETE", SA + "/tokens/{token}", Role.ADMIN, None, _service_account),
+    Route("GET", ENV + "/drafts", Role.VIEWER),
+    Route("POST", ENV + "/drafts", Role.DEPLOYER, {"name": "new", "plan": SINGLE_RING}),
+    Route("GET", DRAFT, Role.VIEWER, None, _draft),
+    Route("PUT", DRAFT, Role.DEPLOYER, {"plan": SINGLE_RING}, _draft),
+    Route("POST", DRAFT + "/preview", Role.VIEWER, None, _draft, status=200),
+    Route("POST", DRAFT + "/version", Role.DEPLOYER, None, _draft),
+    Route("GET", ENV + "/versions", Role.VIEWER),
+    Route("GET", ENV + "/versions/{version}", Role.VIEWER, None, _version),
+    Route("GET", ENV + "/config-bundles", Role.VIEWER),
+    Route(
+        "POST",
+        ENV + "/config-bundles",
+        Role.DEPLOYER,
+        {"pipeline_version_id": "{version}"},
+        _version,
+        status=202,
+    ),
+    Route("GET", ENV + "/config-bundles/{bundle}", Role.VIEWER, None, _bundle),
+    Route("GET", ENV + "/runtime-config", Role.VIEWER),
+    Route("GET", ORG + "/signing-keys", Role.VIEWER),
+    Route("POST", ORG + "/signing-keys/rotate", Role.ADMIN, status=201),
 ]
 
 CALLERS = [*Role, "outsider", "anonymous"]
@@ -107,7 +157,8 @@ async def test_route_checks_role(stack: Stack, route: Route, who: Role | str) ->
         caller = tree.owner if role is Role.OWNER else await stack.member(tree, role)
         expected = route.success if role.at_least(route.minimum) else 403
 
-    response = await stack.call(route.method, path, caller, json=route.body)
+    body = {k: v.format(**ids) if isinstance(v, str) else v for k, v in (route.body or {}).items()}
+    response = await stack.call(route.method, path, caller, json=body if route.body else None)
 
     assert response.status_code == expected, response.text
     if expected >= 400:

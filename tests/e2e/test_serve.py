@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from controlplane.db.migrate import head_revision
 from tests.e2e.conftest import Server, clean_env, console_script, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,11 +68,11 @@ def test_migrate_then_serve_with_bind_addr(tmp_path: Path) -> None:
     data = tmp_path / "state"
     migrated = run_cli("migrate", cwd=tmp_path, BYTEOR_CLOUD_DATA_DIR=str(data))
     assert migrated.returncode == 0, migrated.stderr
-    assert "revision 0001" in migrated.stderr
+    assert f"revision {head_revision()}" in migrated.stderr
     env = clean_env(BYTEOR_CLOUD_DATA_DIR=str(data), BYTEOR_CLOUD_AUTO_MIGRATE="false")
     running = start_server(tmp_path, env)
     try:
-        assert httpx.get(f"{running.url}/readyz").json()["schema_revision"] == "0001"
+        assert httpx.get(f"{running.url}/readyz").json()["schema_revision"] == head_revision()
     finally:
         running.stop()
 
@@ -112,6 +113,8 @@ def test_readme_walkthrough_runs_verbatim(server: Server) -> None:
     assert '"approvals_required":2' in out
     assert '"role":"deployer"' in out
     assert '"status":403' in out
+    assert '"ok":true' in out
+    assert "verified: sha256:" in out
     assert "\n204\n" in out
     assert out.rstrip().endswith("}")
     assert '"status":404' in out.splitlines()[-1]

@@ -1,0 +1,101 @@
+"""The agent's configuration: ``BYTEOR_*`` environment variables and an optional env file.
+
+Environment variables win over the env file, and explicit keyword arguments win over both.
+Empty values (``BYTEOR_AGENT_ID=``) count as unset, so a systemd ``EnvironmentFile`` may list
+every variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_SPEC", "DEFAULT_STATE_DIR", "AgentSettings"]
+
+DEFAULT_STATE_DIR = Path("/var/lib/byteor-agent")
+DEFAULT_SPEC = Path("/etc/byteor/spec.kv")
+
+
+class AgentSettings(BaseSettings):
+    """Settings of the agent daemon, read from ``BYTEOR_*`` variables (see :meth:`from_env`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BYTEOR_",
+        env_file=None,
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    api_base_url: str = Field(
+        description="Base URL of the control plane (http or https), e.g. https://cp.example.com."
+    )
+    agent_id: str | None = Field(
+        default=None, description="This agent's id; set by enrollment if absent."
+    )
+    agent_api_key: SecretStr | None = Field(
+        default=None, description="This agent's runtime API key; set by enrollment if absent."
+    )
+    enrollment_token: SecretStr | None = Field(
+        default=None, description="One-time enrollment token used to enroll this host."
+    )
+    org_id: str | None = Field(default=None, description="Organization to enroll into.")
+    project_id: str | None = Field(default=None, description="Project to enroll into.")
+    environment_id: str | None = Field(default=None, description="Environment to enroll into.")
+    agent_name: str | None = Field(
+        default=None, description="Name to enroll under (defaults to the hostname server-side)."
+    )
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR,
+        description="Directory holding the agent's private state (agent.json).",
+    )
+    spec: Path = Field(default=DEFAULT_SPEC, description="Path of the pipeline spec to run.")
+    activation_command: str | None = Field(
+        default=None, description="Command run to activate a newly deployed bundle."
+    )
+    health_check_command: str | None = Field(
+        default=None, description="Command whose exit status tells whether the pipeline is healthy."
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="Seconds between heartbeats until the control plane suggests another interval.",
+    )
+    http_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of each HTTP request to the control plane."
+    )
+    max_retry_attempts: int = Field(
+        default=6, ge=1, description="Most attempts (first try included) of one control plane call."
+    )
+    max_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="Upper bound of the jittered exponential backoff."
+    )
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        url = value.strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return url
+
+    @classmethod
+    def from_env(cls, env_file: Path | None = None) -> AgentSettings:
+        """Load settings from the environment and, if given, an env file.
+
+        Args:
+            env_file: A ``KEY=value`` file of ``BYTEOR_*`` variables; the environment wins over it.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            pydantic.ValidationError: If a value is missing or invalid.
+        """
+        return cls(_env_file=env_file)

@@ -1,0 +1,112 @@
+"""Heartbeats coalesced in memory and written in batches.
+
+A fleet heartbeating every few seconds must not cost one synchronous database write per request:
+each heartbeat replaces the agent's entry in :class:`HeartbeatBuffer`, and a background loop writes
+the latest entry of every agent in one transaction every ``heartbeat_flush_seconds`` (and once more
+on shutdown). Reads merge the buffer over the database, so an agent is ``online`` the moment its
+first heartbeat arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from sqlalchemy import update
+
+from controlplane.db.models import AgentRow
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from controlplane.db import Database
+    from shared.agents import Heartbeat
+
+__all__ = ["HeartbeatBuffer", "PendingHeartbeat"]
+
+logger = logging.getLogger("byteor.controlplane.heartbeats")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHeartbeat:
+    """The newest heartbeat of one agent, not yet written."""
+
+    received_at: datetime
+    heartbeat: Heartbeat
+
+    def columns(self) -> dict[str, Any]:
+        hb = self.heartbeat
+        return {
+            "last_heartbeat_at": self.received_at,
+            "last_sequence": hb.sequence,
+            "agent_version": hb.agent_version or None,
+            "status_reported": hb.status,
+            "uptime_seconds": hb.uptime_seconds,
+            "active_deployment_id": hb.active_deployment_id,
+            "active_bundle_digest": hb.active_bundle_digest,
+            "resources": msgspec.to_builtins(hb.resources),
+        }
+
+
+class HeartbeatBuffer:
+    """Latest heartbeat per agent, flushed in batches by :meth:`run`."""
+
+    def __init__(self, database: Database, flush_seconds: float) -> None:
+        self.database = database
+        self.flush_seconds = flush_seconds
+        self._pending: dict[str, PendingHeartbeat] = {}
+        self._stopping = asyncio.Event()
+        self.received = 0
+        self.flushes = 0
+
+    def record(self, agent_id: str, received_at: datetime, heartbeat: Heartbeat) -> None:
+        """Keep ``heartbeat`` unless a newer sequence from the same agent is already waiting."""
+        self.received += 1
+        current = self._pending.get(agent_id)
+        if current is None or heartbeat.sequence >= current.heartbeat.sequence:
+            self._pending[agent_id] = PendingHeartbeat(received_at, heartbeat)
+
+    def pending(self, agent_id: str) -> PendingHeartbeat | None:
+        return self._pending.get(agent_id)
+
+    async def flush(self) -> int:
+        """Write every waiting heartbeat in one transaction; returns how many agents."""
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, {}
+        try:
+            async with self.database.sessionmaker() as session:
+                for agent_id, entry in batch.items():
+                    await session.execute(
+                        update(AgentRow)
+                        .where(
+                            AgentRow.id == agent_id,
+                            AgentRow.last_sequence <= entry.heartbeat.sequence,
+                        )
+                        .values(**entry.columns())
+                    )
+                await session.commit()
+        except Exception:
+            # Put the batch back (newer entries that arrived meanwhile win) and retry next tick.
+            for agent_id, entry in batch.items():
+                self._pending.setdefault(agent_id, entry)
+            raise
+        self.flushes += 1
+        return len(batch)
+
+    async def run(self) -> None:
+        """Flush periodically until :meth:`shutdown`, then flush what is left."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.flush_seconds)
+            try:
+                await self.flush()
+            except Exception:
+                logger.exception("writing heartbeats failed; keeping them for the next flush")
+
+    async def shutdown(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,228 @@
+"""Agent routes: operators under the environment, agents under ``/api/v1/agents/{agent_id}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+
+from controlplane.agents import enrollment, service
+from controlplane.auth.principal import AgentPrincipal, EnrollmentCredential
+from controlplane.deps import Caller, DbSession, Kek, Paging
+from controlplane.pipelines.service import EnvPath
+from controlplane.signing.service import current_keyset
+from shared.agents import AgentRecord, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse
+from shared.agents_admin import (
+    AgentKeyRotated,
+    EnrollmentToken,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+)
+from shared.resources import Page
+from shared.signing import Envelope
+
+__all__ = ["AgentAdminController", "AgentRuntimeController", "EnrollmentTokenController"]
+
+ENV = "/api/v1/orgs/{org_id:str}/projects/{project_id:str}/environments/{env_id:str}"
+
+
+def _agent(request: Request[Any, Any, Any]) -> AgentPrincipal:
+    user = request.scope.get("user")
+    if not isinstance(user, AgentPrincipal):  # pragma: no cover - middleware guarantees it
+        raise TypeError("route has no authenticated agent")
+    return user
+
+
+class EnrollmentTokenController(Controller):
+    path = ENV + "/enrollment-tokens"
+    tags = ["agents"]
+
+    @post("/", summary="Create an enrollment token; shown once (admin)")
+    async def create_token(
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        data: JSONBody[EnrollmentTokenCreate | None] = None,
+    ) -> EnrollmentTokenCreated:
+        created, token = await enrollment.create_token(
+            session, caller, EnvPath(org_id, project_id, env_id), data or EnrollmentTokenCreate()
+        )
+        return EnrollmentTokenCreated(
+            id=created.id, token=token, expires_at=created.expires_at, max_uses=created.max_uses
+        )
+
+    @get("/", summary="List enrollment tokens, without secrets (admin)")
+    async def list_tokens(
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+    ) -> list[EnrollmentToken]:
+        return await enrollment.list_tokens(session, caller, EnvPath(org_id, project_id, env_id))
+
+    @delete("/{token_id:str}", summary="Revoke an enrollment token (admin)")
+    async def revoke_token(
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        token_id: FromPath[str],
+    ) -> None:
+        await enrollment.revoke_token(
+            session, caller, EnvPath(org_id, project_id, env_id), token_id
+        )
+
+
+class AgentAdminController(Controller):
+    path = ENV + "/agents"
+    tags = ["agents"]
+
+    @post(
+        "/",
+        opt={"credential": "enrollment"},
+        summary="Enroll an agent with an enrollment token; returns its runtime key once",
+        security=[{"enrollment": []}],
+    )
+    async def enroll(
+        self,
+        request: Request[Any, Any, Any],
+        session: DbSession,
+        kek: Kek,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        data: JSONBody[EnrollRequest | None] = None,
+    ) -> EnrollResponse:
+        credential = request.scope.get("user")
+        assert isinstance(credential, EnrollmentCredential)  # noqa: S101 - middleware contract
+        return await enrollment.enroll(
+            session, kek, credential.token, org_id, project_id, env_id, data or EnrollRequest()
+        )
+
+    @get("/", summary="List agents with status from heartbeat age (viewer)")
+    async def list_agents(
+        self,
+        state: State,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        page: Paging,
+    ) -> Page[AgentRecord]:
+        return await service.list_agents(
+            session,
+            caller,
+            EnvPath(org_id, project_id, env_id),
+            page,
+            state.settings,
+            state.heartbeats,
+        )
+
+    @get("/{agent_id:str}", summary="Get an agent (viewer)")
+    async def get_agent(
+        self,
+        state: State,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        agent_id: FromPath[str],
+    ) -> AgentRecord:
+        return await service.get_agent(
+            session,
+            caller,
+            EnvPath(org_id, project_id, env_id),
+            agent_id,
+            state.settings,
+            state.heartbeats,
+        )
+
+    @delete("/{agent_id:str}", summary="Delete an agent, revoking its key (admin)")
+    async def delete_agent(
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        agent_id: FromPath[str],
+    ) -> None:
+        await service.delete_agent(session, caller, EnvPath(org_id, project_id, env_id), agent_id)
+
+    @post(
+        "/{agent_id:str}/rotate-key",
+        status_code=202,
+        summary="Issue a new agent key, delivered on the agent's next heartbeat (admin)",
+    )
+    async def rotate_key(
+        self,
+        session: DbSession,
+        caller: Caller,
+        kek: Kek,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        agent_id: FromPath[str],
+    ) -> AgentKeyRotated:
+        return await service.request_key_rotation(
+            session, caller, EnvPath(org_id, project_id, env_id), agent_id, kek
+        )
+
+
+class AgentRuntimeController(Controller):
+    path = "/api/v1/agents/{agent_id:str}"
+    tags = ["agent runtime"]
+    opt = {"credential": "agent"}
+    security = [{"agent_key": []}]
+
+    @get("/", summary="The agent's own record (agent key)")
+    async def own_record(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        session: DbSession,
+        agent_id: FromPath[str],
+    ) -> AgentRecord:
+        return await service.own_record(session, _agent(request), state.settings, state.heartbeats)
+
+    @post(
+        "/heartbeat",
+        status_code=200,
+        opt={"scope": "agent:heartbeat"},
+        summary="Report liveness and resource usage; learn the next interval and what awaits",
+    )
+    async def heartbeat(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        session: DbSession,
+        kek: Kek,
+        agent_id: FromPath[str],
+        data: JSONBody[Heartbeat],
+    ) -> HeartbeatResponse:
+        return await service.receive_heartbeat(
+            session, _agent(request), data, state.settings, state.heartbeats, kek
+        )
+
+    @get(
+        "/signing-key",
+        opt={"scope": "agent:signing_key"},
+        summary="The organization's signed public key set (agent key)",
+    )
+    async def signing_key(
+        self, request: Request[Any, Any, Any], session: DbSession, kek: Kek, agent_id: FromPath[str]
+    ) -> Response[Envelope]:
+        keyset = await current_keyset(session, kek, _agent(request).org_id)
+        await session.commit()
+        return Response(keyset)

@@ -1,0 +1,5 @@
+"""Pipeline drafts, previews and immutable versions."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,119 @@
+"""The agent protocol: enrollment, the agent's own record, heartbeats.
+
+These Structs derive from :class:`~shared.base.Message`, which ignores unknown fields, so an older
+agent keeps working against a newer control plane. New fields always get defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from shared.base import Message
+from shared.signing import Envelope
+
+__all__ = [
+    "AGENT_SCOPES",
+    "AgentRecord",
+    "AgentStatus",
+    "EnrollRequest",
+    "EnrollResponse",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "Resources",
+]
+
+#: Every scope an agent key can carry; each agent route requires one.
+AGENT_SCOPES = (
+    "agent:heartbeat",
+    "agent:deployment",
+    "agent:signing_key",
+    "agent:artifact_upload",
+)
+
+#: How the control plane sees an agent, from the age of its last heartbeat.
+AgentStatus = Literal["online", "stale", "offline"]
+
+
+class EnrollRequest(Message):
+    """Body of ``POST …/environments/{env_id}/agents`` (all optional)."""
+
+    name: str | None = None
+    hostname: str | None = None
+    public_key: str | None = None
+    agent_version: str | None = None
+
+
+class EnrollResponse(Message):
+    """Returned once: ``api_key`` is never shown again."""
+
+    agent_id: str
+    api_key: str
+    name: str
+    org_id: str
+    project_id: str
+    environment_id: str
+    scopes: list[str]
+    signing_keys: Envelope
+
+
+class Resources(Message):
+    """Host resource usage sampled by the agent (psutil)."""
+
+    cpu_percent: float = 0.0
+    cpu_count: int = 0
+    load_1m: float = 0.0
+    load_5m: float = 0.0
+    load_15m: float = 0.0
+    memory_total_bytes: int = 0
+    memory_used_bytes: int = 0
+    memory_percent: float = 0.0
+    disk_total_bytes: int = 0
+    disk_used_bytes: int = 0
+    disk_percent: float = 0.0
+    boot_time_unix: int = 0
+
+
+class Heartbeat(Message):
+    """Body of ``POST /api/v1/agents/{id}/heartbeat``."""
+
+    sequence: int = 0
+    agent_version: str = ""
+    uptime_seconds: float = 0.0
+    status: Literal["starting", "running", "degraded"] = "running"
+    hostname: str | None = None
+    active_deployment_id: str | None = None
+    active_bundle_digest: str | None = None
+    keyset_version: int = 0
+    resources: Resources = msgspec.field(default_factory=Resources)
+
+
+class HeartbeatResponse(Message):
+    """What the control plane tells the agent after a heartbeat."""
+
+    next_interval_seconds: float = 30.0
+    deployment_pending: bool = False
+    keyset_version: int = 0
+    rotated_api_key: str | None = None
+    server_time: datetime | None = None
+
+
+class AgentRecord(Message):
+    """An agent as operators (and the agent itself) see it."""
+
+    id: str
+    name: str
+    org_id: str
+    project_id: str
+    environment_id: str
+    hostname: str | None = None
+    scopes: list[str] = msgspec.field(default_factory=list)
+    status: AgentStatus = "offline"
+    last_heartbeat_at: datetime | None = None
+    agent_version: str | None = None
+    active_deployment_id: str | None = None
+    active_bundle_digest: str | None = None
+    resources: Resources | None = None
+    created_at: datetime | None = None
