@@ -13,7 +13,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_SPEC", "DEFAULT_STATE_DIR", "AgentSettings"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "DEFAULT_STATE_DIR",
+    "AgentSettings",
+    "LocalSettings",
+]
 
 DEFAULT_STATE_DIR = Path("/var/lib/byteor-agent")
 DEFAULT_SPEC = Path("/etc/byteor/spec.kv")
@@ -98,4 +103,22 @@ class AgentSettings(BaseSettings):
         Raises:
             pydantic.ValidationError: If a value is missing or invalid.
         """
+        return cls(_env_file=env_file)
+
+
+class LocalSettings(BaseSettings):
+    """The settings ``byteor-agent status`` needs: only where the state lives (no server URL)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BYTEOR_", env_file=None, env_ignore_empty=True, extra="ignore"
+    )
+
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR,
+        description="Directory holding the agent's private state (agent.json).",
+    )
+
+    @classmethod
+    def from_env(cls, env_file: Path | None = None) -> LocalSettings:
+        """Load from the environment and, if given, an env file (the environment wins)."""
         return cls(_env_file=env_file)

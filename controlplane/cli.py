@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
     )
+    # Alembic announces every plugin and context at INFO; our own lines say what matters.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
@@ -99,12 +102,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     bootstrap.add_argument("--email", required=True, help="the owner's e-mail address")
     bootstrap.add_argument("--org", default="default", help="name of the first organization")
+    demo = commands.add_parser(
+        "demo", help="run a control plane on SQLite and one local agent, end to end"
+    )
+    demo.add_argument("--once", action="store_true", help="exit as soon as the agent is online")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory and logs")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``byteor-controlplane``; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from controlplane.demo import run_demo
+
+        try:
+            return run_demo(once=args.once, keep=args.keep)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"byteor-controlplane demo: {exc}", file=sys.stderr)  # noqa: T201
+            return 1
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The request class: JSON nested deeper than the decoder's recursion limit is a 400, not a 500."""
+"""The request class: JSON too deeply nested, or not UTF-8, is a 400 rather than a 500."""
 
 from __future__ import annotations
 
@@ -16,3 +16,5 @@ class ByteorRequest(Request[Any, Any, Any]):
             return await super().json()
         except RecursionError:
             raise ClientException("Request body JSON is nested too deeply") from None
+        except UnicodeDecodeError:
+            raise ClientException("Request body is not valid UTF-8") from None

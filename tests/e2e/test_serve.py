@@ -118,3 +118,20 @@ def test_readme_walkthrough_runs_verbatim(server: Server) -> None:
     assert "\n204\n" in out
     assert out.rstrip().endswith("}")
     assert '"status":404' in out.splitlines()[-1]
+
+
+def test_demo_brings_an_agent_online(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [console_script("byteor-controlplane"), "demo", "--once"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line[:5] for line in lines[:6]] == [f"[{i}/6]" for i in range(1, 7)]
+    assert "agent demo-agent (agt_" in lines[5]
+    assert "is online: last heartbeat" in lines[5]

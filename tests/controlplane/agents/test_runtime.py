@@ -205,3 +205,39 @@ async def test_flush_on_shutdown(stack: Stack, tree: Tree) -> None:
     assert buffer.pending(agent["agent_id"]) is not None
     await asyncio.wait_for(buffer.flush(), timeout=5)
     assert buffer.pending(agent["agent_id"]) is None
+
+
+async def test_app_shutdown_flushes_buffered_heartbeats(tmp_path: Any) -> None:
+    from controlplane.app import create_app
+    from controlplane.settings import Settings
+    from tests.conftest import in_process_client
+
+    settings = Settings(data_dir=tmp_path, heartbeat_flush_seconds=60)
+    app = create_app(settings)
+    async with app.lifespan(), in_process_client(app) as client:
+        database = app.state.database
+        stack = Stack(
+            client=client, app=app, database=database, backend="sqlite", settings=settings
+        )
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        await stack.call(
+            "POST",
+            f"/api/v1/agents/{agent['agent_id']}/heartbeat",
+            headers=agent_headers(agent),
+            json=heartbeat(42),
+        )
+        async with database.sessionmaker() as session:
+            row = await session.get(AgentRow, agent["agent_id"])
+            assert row is not None
+            assert row.last_sequence == 0  # still only in memory (flush interval is 60 s)
+    from controlplane.db import create_database
+
+    reopened = create_database(settings.resolved_database_url)
+    try:
+        async with reopened.sessionmaker() as session:
+            row = await session.get(AgentRow, agent["agent_id"])
+            assert row is not None
+            assert row.last_sequence == 42
+    finally:
+        await reopened.dispose()

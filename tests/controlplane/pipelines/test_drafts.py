@@ -194,3 +194,60 @@ async def test_draft_plan_must_be_an_object(stack: Stack, tree: Tree) -> None:
     )
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "plan"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+HOSTILE = {
+    "five_stages": {**SINGLE_RING, "stages": [{"id": f"s{i}"} for i in range(5)]},
+    "ten_thousand_stages": {**SINGLE_RING, "stages": [{"id": f"s{i}"} for i in range(10_000)]},
+    "cycle": {
+        **SINGLE_RING,
+        "stages": [{"id": "a", "depends_on": [1]}, {"id": "b", "depends_on": [0]}],
+    },
+    "mpmc": {**SINGLE_RING, "single_ring": {"producer": "mpmc", "scheduling": "dedicated"}},
+    "strict_two_shards": {**SINGLE_RING, "constraints": {"shards": 2, "ordering": "strict"}},
+    "per_key_no_key": {**SINGLE_RING, "constraints": {"shards": 2, "ordering": "per_key"}},
+    "unknown_lane_kind": {
+        **LANE_GRAPH,
+        "lanes": [{"name": "in", "kind": "Pipe", "on_full": "Block"}],
+    },
+    "unresolved_lane": {
+        **LANE_GRAPH,
+        "roles": [{"name": "p", "kind": "stage", "inputs": ["nowhere"], "outputs": ["out"]}],
+    },
+    "deep_value": {**SINGLE_RING, "name": _nested(200)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_hostile_plans_get_diagnostics_not_errors(
+    stack: Stack, tree: Tree, case: str
+) -> None:
+    draft = await new_draft(stack, tree, HOSTILE[case])
+    preview = await stack.ok("POST", f"{tree.env_path}/drafts/{draft['id']}/preview", tree.owner)
+    assert preview["ok"] is False
+    assert preview["diagnostics"]
+    assert len(preview["diagnostics"]) <= 100
+    promoted = await stack.call("POST", f"{tree.env_path}/drafts/{draft['id']}/version", tree.owner)
+    assert promoted.status_code == 422
+
+
+async def test_non_utf8_and_absurdly_deep_bodies_are_400(stack: Stack, tree: Tree) -> None:
+    for content in (
+        b'{"name": "x", "plan": {"name": "\xff\xfe"}}',
+        b'{"name": "x", "plan": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+    ):
+        response = await stack.call(
+            "POST",
+            f"{tree.env_path}/drafts",
+            tree.owner,
+            content=content,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
