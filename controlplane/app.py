@@ -19,6 +19,7 @@ from controlplane.agents.routes import (
     AgentRuntimeController,
     EnrollmentTokenController,
 )
+from controlplane.approvals.service import EXPIRY_JOB, expire_approvals
 from controlplane.auth.middleware import AuthenticationMiddleware
 from controlplane.auth.routes import MeController, TokenController
 from controlplane.blobs import BlobStore
@@ -26,6 +27,14 @@ from controlplane.bundles.routes import ConfigBundleController
 from controlplane.bundles.service import BUILD_JOB, build_bundle
 from controlplane.db import create_database
 from controlplane.db.migrate import head_revision, upgrade
+from controlplane.deployments.rollout import (
+    DEADLINE_JOB,
+    ROLLOUT_JOB,
+    enforce_deadline,
+    run_rollout,
+)
+from controlplane.deployments.routes import ApprovalController, DeploymentController
+from controlplane.deployments.signals import AgentSignals
 from controlplane.deps import dependencies
 from controlplane.environments.routes import EnvironmentController
 from controlplane.errors import exception_handlers, request_id_of
@@ -56,7 +65,12 @@ logger = logging.getLogger("byteor.controlplane")
 
 def job_handlers() -> dict[str, JobHandler]:
     """Every kind of durable job this control plane runs, by name."""
-    return {BUILD_JOB: build_bundle}
+    return {
+        BUILD_JOB: build_bundle,
+        ROLLOUT_JOB: run_rollout,
+        DEADLINE_JOB: enforce_deadline,
+        EXPIRY_JOB: expire_approvals,
+    }
 
 
 def _lifespan(settings: Settings) -> Any:
@@ -71,6 +85,8 @@ def _lifespan(settings: Settings) -> Any:
         if settings.should_auto_migrate:
             await upgrade(database.engine)
             logger.info("database schema is at %s", app.state.schema_head)
+        signals = AgentSignals()
+        app.state.agent_signals = signals
         worker: Worker | None = None
         worker_task: asyncio.Task[None] | None = None
         if settings.deployment_mode in (DeploymentMode.WORKER, DeploymentMode.COMBINED):
@@ -80,6 +96,7 @@ def _lifespan(settings: Settings) -> Any:
                 kek=app.state.kek,
                 blobs=app.state.blobs,
                 handlers=job_handlers(),
+                signals=signals,
             )
             worker_task = asyncio.create_task(worker.run(), name="byteor-job-worker")
         app.state.worker = worker
@@ -157,6 +174,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             EnrollmentTokenController,
             AgentAdminController,
             AgentRuntimeController,
+            DeploymentController,
+            ApprovalController,
         ],
         dependencies=dependencies,
         middleware=[auth],

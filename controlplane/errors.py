@@ -9,7 +9,8 @@ Exception tree::
     ├── Forbidden       403     authenticated but the role or scope is insufficient
     ├── NotFound        404     absent, or invisible to the caller (never a 403 that leaks existence)
     ├── PreconditionFailed 412  stale If-Match revision
-    └── Conflict        409     duplicate name, illegal state change, last owner removal
+    ├── Conflict        409     duplicate name, illegal state change, last owner removal
+    └── TooManyRequests 429     a cap is reached (carries Retry-After)
 
 Litestar's own ``HTTPException`` family (validation errors, 404/405 routing, 413 body caps) is
 rendered by the same function, and anything else becomes a 500 without internals.
@@ -38,6 +39,7 @@ __all__ = [
     "Invalid",
     "NotFound",
     "PreconditionFailed",
+    "TooManyRequests",
     "Unauthorized",
     "exception_handlers",
     "problem_response",
@@ -99,6 +101,15 @@ class PreconditionFailed(DomainError):
     status_code = 412
     title = "Precondition Failed"
     slug = "precondition-failed"
+
+
+class TooManyRequests(DomainError):
+    status_code = 429
+    title = "Too Many Requests"
+    slug = "rate-limited"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class Forbidden(DomainError):

@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     heartbeat_flush_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=2.0, description="heartbeats are coalesced in memory and written this often"
     )
+    rollout_timeout_seconds: Annotated[float, Field(ge=1)] = Field(
+        default=900.0, description="a deployment not active this long after rollout starts fails"
+    )
+    manifest_ttl_seconds: Annotated[int, Field(ge=60)] = Field(
+        default=3600, description="agents refuse a deployment manifest older than this (freeze)"
+    )
+    long_poll_max_seconds: Annotated[float, Field(ge=0, le=120)] = Field(
+        default=30.0, description="longest ?wait= an agent may hold a deployment request open"
+    )
+    inflight_retry_after_seconds: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="Retry-After sent when the in-flight deployment cap is reached"
+    )
     job_poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=1.0, description="how often an idle worker looks for due jobs"
     )

@@ -8,7 +8,7 @@ import msgspec
 from sqlalchemy import func, select
 
 from controlplane.agents.keys import pending_key_secret, rotate_agent_key
-from controlplane.db.models import AgentRow, KeySetRow
+from controlplane.db.models import AgentRow, DeploymentTargetRow, KeySetRow
 from controlplane.db.types import utcnow
 from controlplane.errors import NotFound
 from controlplane.pagination import fetch_page
@@ -157,6 +157,15 @@ async def own_record(
     return agent_record(row, settings, buffer, scopes=sorted(agent.scopes))
 
 
+async def _manifest_waiting(session: AsyncSession, agent_id: str) -> bool:
+    waiting = await session.scalar(
+        select(DeploymentTargetRow.sequence)
+        .where(DeploymentTargetRow.agent_id == agent_id, DeploymentTargetRow.status == "issued")
+        .limit(1)
+    )
+    return waiting is not None
+
+
 async def latest_keyset_version(session: AsyncSession, org_id: str) -> int:
     version = await session.scalar(
         select(func.max(KeySetRow.version)).where(KeySetRow.org_id == org_id)
@@ -177,7 +186,7 @@ async def receive_heartbeat(
     buffer.record(agent.agent_id, now, heartbeat)
     return HeartbeatResponse(
         next_interval_seconds=settings.agent_heartbeat_interval_seconds,
-        deployment_pending=False,
+        deployment_pending=await _manifest_waiting(session, agent.agent_id),
         keyset_version=await latest_keyset_version(session, agent.org_id),
         rotated_api_key=await pending_key_secret(session, kek, agent.agent_id),
         server_time=now,

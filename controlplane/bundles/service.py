@@ -39,13 +39,36 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILD_JOB",
     "build_bundle",
+    "build_bundle_now",
     "get_bundle",
     "list_bundles",
+    "new_bundle_row",
     "preview_runtime_config",
     "request_bundle",
 ]
 
 BUILD_JOB = "bundle.build"
+
+
+async def new_bundle_row(
+    session: AsyncSession, env: EnvironmentRow, version: PipelineVersionRow, created_by: str | None
+) -> ConfigBundleRow:
+    """Add a ``building`` bundle capturing the environment's posture now (flushes, no commit)."""
+    posture = await _layers(session, env)
+    row = ConfigBundleRow(
+        id=new_id("cfb"),
+        org_id=env.org_id,
+        env_id=env.id,
+        pipeline_version_id=version.id,
+        status="building",
+        spec_hash=version.spec_hash,
+        tuning_profile=posture.tuning_profile,
+        runtime_config=posture.merged,
+        created_by=created_by,
+    )
+    session.add(row)
+    await session.flush()
+    return row
 
 
 def bundle_schema(row: ConfigBundleRow) -> ConfigBundle:
@@ -99,20 +122,7 @@ async def request_bundle(
     """
     env = await where.resolve(session, caller, Role.DEPLOYER)
     version = await get_version_row(session, env.id, version_id)
-    posture = await _layers(session, env)
-    row = ConfigBundleRow(
-        id=new_id("cfb"),
-        org_id=env.org_id,
-        env_id=env.id,
-        pipeline_version_id=version.id,
-        status="building",
-        spec_hash=version.spec_hash,
-        tuning_profile=posture.tuning_profile,
-        runtime_config=posture.merged,
-        created_by=caller.user_id,
-    )
-    session.add(row)
-    await session.flush()
+    row = await new_bundle_row(session, env, version, caller.user_id)
     job_id = await enqueue(
         session, BUILD_JOB, {"bundle_id": row.id}, dedupe_key=f"{BUILD_JOB}:{row.id}"
     )
@@ -155,6 +165,11 @@ async def build_bundle(context: JobContext, payload: dict[str, Any]) -> None:
         if isinstance(exc, PermanentJobError) or context.final_attempt:
             await mark_build_failed(context, bundle_id, f"{type(exc).__name__}: {exc}")
         raise
+
+
+async def build_bundle_now(context: JobContext, bundle_id: str) -> None:
+    """Build a bundle in the caller's job (a rollout that needs its bundle right away)."""
+    await _build(context, bundle_id)
 
 
 async def _build(context: JobContext, bundle_id: str) -> None:

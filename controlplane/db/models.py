@@ -29,8 +29,12 @@ __all__ = [
     "AgentKeyRow",
     "AgentRow",
     "ApiTokenRow",
+    "ApprovalRow",
     "Base",
     "ConfigBundleRow",
+    "DeploymentEventRow",
+    "DeploymentRow",
+    "DeploymentTargetRow",
     "EnrollmentTokenRow",
     "EnvironmentRow",
     "JobRow",
@@ -344,6 +348,10 @@ class AgentRow(TimestampedMixin, Base):
     active_deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
     active_bundle_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
     resources: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
+    #: The last deployment manifest sequence issued to this agent (monotonic per agent).
+    manifest_sequence: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
 
 
 class AgentKeyRow(Base):
@@ -366,3 +374,103 @@ class AgentKeyRow(Base):
     sealed_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DeploymentRow(TimestampedMixin, Base):
+    """A request to run a config bundle on agents; its status moves only through the lifecycle."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_env_id_status", "env_id", "status"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False
+    )
+    pipeline_version_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("pipeline_versions.id", ondelete="CASCADE"), nullable=False
+    )
+    config_bundle_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("config_bundles.id", ondelete="CASCADE"), nullable=True
+    )
+    status: Mapped[str] = mapped_column(String(24), nullable=False)
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description: Mapped[str] = mapped_column(String(2000), nullable=False, default="")
+    agent_ids: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    approvals_required: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    requested_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    rollout_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DeploymentEventRow(Base):
+    """One lifecycle transition: from, to, who, why, when."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    from_status: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    to_status: Mapped[str] = mapped_column(String(24), nullable=False)
+    actor: Mapped[str] = mapped_column(String(64), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class DeploymentTargetRow(Base):
+    """One agent's part in one phase (``deploy`` or ``rollback``) of a deployment."""
+
+    __tablename__ = "deployment_targets"
+    __table_args__ = (Index("ix_deployment_targets_agent_id_sequence", "agent_id", "sequence"),)
+
+    deployment_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    agent_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
+    bundle_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("config_bundles.id", ondelete="CASCADE"), nullable=False
+    )
+    bundle_digest: Mapped[str] = mapped_column(String(80), nullable=False)
+    sequence: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    previous_bundle_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+
+class ApprovalRow(Base):
+    """One required approval of a deployment: ``pending`` until decided, expired or revoked."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_deployment_id", "deployment_id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    deployment_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    requested_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    comment: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
+    )

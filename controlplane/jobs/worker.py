@@ -17,6 +17,7 @@ from controlplane.jobs.engine import claim_next, finish
 if TYPE_CHECKING:
     from controlplane.blobs import BlobStore
     from controlplane.db import Database
+    from controlplane.deployments.signals import AgentSignals
     from controlplane.settings import Settings
     from controlplane.signing.kek import KeyEncryptionKey
 
@@ -36,6 +37,7 @@ class JobContext:
     job_id: str
     attempt: int
     final_attempt: bool
+    signals: AgentSignals | None = None
 
 
 JobHandler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]
@@ -52,12 +54,14 @@ class Worker:
         kek: KeyEncryptionKey,
         blobs: BlobStore,
         handlers: dict[str, JobHandler],
+        signals: AgentSignals | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
         self.kek = kek
         self.blobs = blobs
         self.handlers = handlers
+        self.signals = signals
         self.worker_id = f"{socket.gethostname()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -99,6 +103,7 @@ class Worker:
             job_id=job_id,
             attempt=attempt,
             final_attempt=attempt >= max_attempts,
+            signals=self.signals,
         )
         error: BaseException | None = None
         try:

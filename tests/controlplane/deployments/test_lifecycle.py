@@ -1,0 +1,353 @@
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from controlplane.db.models import ApprovalRow, DeploymentRow
+from controlplane.db.types import utcnow
+from shared.roles import Role
+from tests.conftest import Stack
+from tests.controlplane.agents.helpers import agent_headers
+from tests.controlplane.deployments.world import make_world
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_unapproved_environment_deploys_to_every_agent(stack: Stack) -> None:
+    world = await make_world(stack)
+    response = await world.deploy(description="first")
+    assert response.status_code == 201
+    deployment = response.json()
+    assert deployment["status"] == "approved"
+    assert deployment["agent_ids"] == sorted(a["agent_id"] for a in world.agents)
+
+    detail = await world.wait_status(deployment["id"], "deploying")
+    assert {t["agent_id"] for t in detail["targets"]} == set(deployment["agent_ids"])
+    assert all(t["status"] == "issued" and t["sequence"] == 1 for t in detail["targets"])
+    assert detail["rollout_deadline_at"] is not None
+
+    agent = world.agents[0]
+    manifest = await world.manifest(agent)
+    assert manifest.agent_id == agent["agent_id"]
+    assert manifest.environment_id == world.tree.env_id
+    assert manifest.sequence == 1
+    assert manifest.action == "deploy"
+    assert manifest.expires_at > time.time()
+    archive = await stack.call(
+        "GET",
+        f"/api/v1/agents/{agent['agent_id']}/bundles/{manifest.bundle_digest}",
+        headers=agent_headers(agent),
+    )
+    assert archive.status_code == 200
+    assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == manifest.bundle_digest
+    assert len(archive.content) == manifest.bundle_size
+
+    heartbeat = await stack.ok(
+        "POST",
+        f"/api/v1/agents/{agent['agent_id']}/heartbeat",
+        headers=agent_headers(agent),
+        json={"sequence": 1},
+    )
+    assert heartbeat["deployment_pending"] is True
+
+    await world.activate_all(deployment["id"])
+    final = await world.detail(deployment["id"])
+    assert [(e["from_status"], e["to_status"]) for e in final["events"]] == [
+        (None, "approved"),
+        ("approved", "building"),
+        ("building", "deploying"),
+        ("deploying", "active"),
+    ]
+    assert final["events"][0]["actor"] == world.tree.owner.user_id
+    assert all(t["status"] == "active" for t in final["targets"])
+
+
+async def test_two_approvals_without_self_approval(stack: Stack) -> None:
+    world = await make_world(stack, approvals_required=2)
+    deployer = await stack.member(world.tree, Role.DEPLOYER)
+    first, second = (
+        await stack.member(world.tree, Role.APPROVER),
+        await stack.member(world.tree, Role.APPROVER),
+    )
+    viewer = await stack.member(world.tree, Role.VIEWER)
+    created = (await world.deploy(deployer)).json()
+    assert created["status"] == "pending_approval"
+    approvals = await stack.ok("GET", f"{world.tree.env_path}/approvals", world.tree.owner)
+    mine = [a for a in approvals["items"] if a["deployment_id"] == created["id"]]
+    assert [a["status"] for a in mine] == ["pending", "pending"]
+
+    path = f"{world.tree.env_path}/approvals"
+    body = {"deployment_id": created["id"], "decision": "approve"}
+    own = await stack.call("POST", path, deployer, json=body)
+    assert own.status_code == 403
+    assert "self-approval" in own.json()["detail"]
+    assert (await stack.call("POST", path, viewer, json=body)).status_code == 403
+
+    granted = await stack.call("POST", path, first, json=body | {"comment": "lgtm"})
+    assert granted.status_code == 201
+    assert granted.json()["status"] == "approved"
+    assert (await stack.call("POST", path, first, json=body)).status_code == 409
+    assert (await world.detail(created["id"]))["status"] == "pending_approval"
+
+    assert (await stack.call("POST", path, second, json=body)).status_code == 201
+    detail = await world.wait_status(created["id"], "deploying")
+    assert ("pending_approval", "approved") in [
+        (e["from_status"], e["to_status"]) for e in detail["events"]
+    ]
+
+
+async def test_deny_is_terminal(stack: Stack) -> None:
+    world = await make_world(stack, approvals_required=1)
+    created = (await world.deploy()).json()
+    approver = await stack.member(world.tree, Role.APPROVER)
+    path = f"{world.tree.env_path}/approvals"
+    denied = await stack.call(
+        "POST",
+        path,
+        approver,
+        json={"deployment_id": created["id"], "decision": "deny", "comment": "not today"},
+    )
+    assert denied.status_code == 201
+    detail = await world.detail(created["id"])
+    assert detail["status"] == "denied"
+    assert "not today" in detail["status_reason"]
+    other = await stack.member(world.tree, Role.APPROVER)
+    late = await stack.call(
+        "POST", path, other, json={"deployment_id": created["id"], "decision": "approve"}
+    )
+    assert late.status_code == 409
+    rollback = await stack.call(
+        "POST", f"{world.tree.env_path}/deployments/{created['id']}/rollback", world.tree.owner
+    )
+    assert rollback.status_code == 409
+
+
+async def test_undecided_approvals_expire_and_deny(stack: Stack) -> None:
+    world = await make_world(stack, approvals_required=1, approval_window_seconds=60)
+    created = (await world.deploy()).json()
+    async with stack.database.sessionmaker() as session:
+        await session.execute(
+            update(ApprovalRow)
+            .where(ApprovalRow.deployment_id == created["id"])
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        await session.commit()
+    await world.run_delayed_jobs()
+    detail = await world.wait_status(created["id"], "denied")
+    assert "expired" in detail["status_reason"]
+    approvals = await stack.ok("GET", f"{world.tree.env_path}/approvals", world.tree.owner)
+    assert {a["status"] for a in approvals["items"] if a["deployment_id"] == created["id"]} == {
+        "expired"
+    }
+
+
+async def test_revoking_an_approval_before_rollout_denies(stack: Stack) -> None:
+    world = await make_world(stack, approvals_required=2)
+    created = (await world.deploy()).json()
+    approver = await stack.member(world.tree, Role.APPROVER)
+    granted = await stack.ok(
+        "POST",
+        f"{world.tree.env_path}/approvals",
+        approver,
+        json={"deployment_id": created["id"], "decision": "approve"},
+    )
+    stranger = await stack.member(world.tree, Role.APPROVER)
+    path = f"{world.tree.env_path}/approvals/{granted['id']}/revoke"
+    assert (await stack.call("POST", path, stranger)).status_code == 403
+    revoked = await stack.call("POST", path, approver)
+    assert revoked.status_code == 200
+    assert revoked.json()["status"] == "revoked"
+    assert (await world.detail(created["id"]))["status"] == "denied"
+    assert (await stack.call("POST", path, approver)).status_code == 409
+
+
+async def test_revoking_mid_rollout_rolls_back(stack: Stack) -> None:
+    world = await make_world(stack, approvals_required=1)
+    first = (await world.deploy()).json()
+    approver = await stack.member(world.tree, Role.APPROVER)
+    path = f"{world.tree.env_path}/approvals"
+    await stack.ok(
+        "POST", path, approver, json={"deployment_id": first["id"], "decision": "approve"}
+    )
+    await world.activate_all(first["id"])
+
+    second = (await world.deploy()).json()
+    granted = await stack.ok(
+        "POST", path, approver, json={"deployment_id": second["id"], "decision": "approve"}
+    )
+    await world.wait_status(second["id"], "deploying")
+    await stack.ok("POST", f"{path}/{granted['id']}/revoke", approver)
+    detail = await world.wait_status(second["id"], "rolling_back")
+    rollback_targets = [t for t in detail["targets"] if t["phase"] == "rollback"]
+    assert len(rollback_targets) == 2
+    for agent in world.agents:
+        manifest = await world.manifest(agent)
+        assert manifest.action == "rollback"
+        assert (await world.report(agent, manifest, "rolled_back")).status_code == 204
+    await world.wait_status(second["id"], "rolled_back")
+
+
+async def test_failure_rolls_back_automatically_to_the_previous_bundle(stack: Stack) -> None:
+    world = await make_world(stack, rollback_policy="automatic")
+    first = (await world.deploy()).json()
+    await world.activate_all(first["id"])
+    previous = (await world.manifest(world.agents[0])).bundle_digest
+
+    await stack.ok(
+        "PUT", world.tree.env_path, world.tree.owner, json={"runtime_config": {"changed": True}}
+    )
+    second = (await world.deploy()).json()
+    await world.wait_status(second["id"], "deploying")
+    ok_agent, bad_agent = world.agents
+    ok_manifest = await world.manifest(ok_agent)
+    assert ok_manifest.bundle_digest != previous
+    await world.report(ok_agent, ok_manifest, "active")
+    bad_manifest = await world.manifest(bad_agent)
+    await world.report(bad_agent, bad_manifest, "failed", "health_check_failed: exit 1")
+
+    detail = await world.wait_status(second["id"], "rolling_back")
+    statuses = [e["to_status"] for e in detail["events"]]
+    assert statuses[-2:] == ["failed", "rolling_back"]
+    assert "health_check_failed" in detail["events"][-2]["reason"]
+    for agent in world.agents:
+        manifest = await world.manifest(agent)
+        assert manifest.action == "rollback"
+        assert manifest.bundle_digest == previous
+        assert manifest.sequence == 3
+        await world.report(agent, manifest, "rolled_back")
+    final = await world.wait_status(second["id"], "rolled_back")
+    assert final["events"][-1]["reason"] == "previous bundle restored on every target"
+
+
+async def test_manual_policy_waits_for_an_operator_rollback(stack: Stack) -> None:
+    world = await make_world(stack, agents=1)
+    first = (await world.deploy()).json()
+    await world.activate_all(first["id"])
+    second = (await world.deploy()).json()
+    await world.wait_status(second["id"], "deploying")
+    agent = world.agents[0]
+    await world.report(agent, await world.manifest(agent), "failed", "activation_failed")
+    failed = await world.wait_status(second["id"], "failed")
+    assert failed["events"][-1]["to_status"] == "failed"
+    viewer = await stack.member(world.tree, Role.VIEWER)
+    rollback_path = f"{world.tree.env_path}/deployments/{second['id']}/rollback"
+    assert (await stack.call("POST", rollback_path, viewer)).status_code == 403
+    started = await stack.call(
+        "POST", rollback_path, world.tree.owner, json={"reason": "bad build"}
+    )
+    assert started.status_code == 202
+    assert started.json()["status"] == "rolling_back"
+    manifest = await world.manifest(agent)
+    await world.report(agent, manifest, "rolled_back")
+    await world.wait_status(second["id"], "rolled_back")
+    again = await stack.call("POST", rollback_path, world.tree.owner)
+    assert again.status_code == 409
+
+
+async def test_inflight_cap_answers_429_with_retry_after(stack: Stack) -> None:
+    world = await make_world(stack, approvals_required=1, max_inflight_deployments=1)
+    assert (await world.deploy()).status_code == 201
+    refused = await world.deploy()
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == str(stack.settings.inflight_retry_after_seconds)
+    assert refused.headers["content-type"] == "application/problem+json"
+
+
+async def test_rollout_deadline_fails_the_deployment(stack: Stack) -> None:
+    world = await make_world(stack, agents=1)
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    async with stack.database.sessionmaker() as session:
+        await session.execute(
+            update(DeploymentRow)
+            .where(DeploymentRow.id == created["id"])
+            .values(rollout_deadline_at=utcnow() - timedelta(seconds=1))
+        )
+        await session.commit()
+    await world.run_delayed_jobs()
+    detail = await world.wait_status(created["id"], "failed")
+    assert detail["status_reason"] == "rollout deadline passed"
+
+
+async def test_long_poll_waits_then_304_and_etag_moves(stack: Stack) -> None:
+    world = await make_world(stack, agents=1)
+    agent = world.agents[0]
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    empty = await stack.call("GET", url, headers=agent_headers(agent))
+    assert empty.json() == {"manifest": None, "sequence": 0}
+    etag = empty.headers["etag"]
+    started = time.monotonic()
+    unchanged = await stack.call(
+        "GET", url, headers=agent_headers(agent) | {"If-None-Match": etag}, params={"wait": 1}
+    )
+    assert unchanged.status_code == 304
+    assert time.monotonic() - started >= 0.9
+
+    waiting = asyncio.create_task(
+        stack.call(
+            "GET", url, headers=agent_headers(agent) | {"If-None-Match": etag}, params={"wait": 10}
+        )
+    )
+    await asyncio.sleep(0.2)
+    created = (await world.deploy()).json()
+    woke = await asyncio.wait_for(waiting, timeout=10)
+    assert woke.status_code == 200
+    assert woke.headers["etag"] != etag
+    assert woke.json()["sequence"] == 1
+    assert created["id"]
+
+
+async def test_agents_only_reach_their_own_manifests_and_bundles(stack: Stack) -> None:
+    world = await make_world(stack)
+    created = (await world.deploy(agent_ids=[world.agents[0]["agent_id"]])).json()
+    await world.wait_status(created["id"], "deploying")
+    mine, other = world.agents
+    manifest = await world.manifest(mine)
+    bundle_url = f"/api/v1/agents/{other['agent_id']}/bundles/{manifest.bundle_digest}"
+    assert (await stack.call("GET", bundle_url, headers=agent_headers(other))).status_code == 404
+    wrong_sequence = await stack.call(
+        "POST",
+        f"/api/v1/agents/{other['agent_id']}/deployment",
+        headers=agent_headers(other),
+        json={"deployment_id": created["id"], "sequence": manifest.sequence, "status": "active"},
+    )
+    assert wrong_sequence.status_code == 404
+    bad_status = await world.report(mine, manifest, "rolled_back")
+    assert bad_status.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"pipeline_version_id": "ver_x", "config_bundle_id": "cfb_x"},
+        {"pipeline_version_id": "ver_missing"},
+        {"config_bundle_id": "cfb_missing"},
+        {"agent_ids": ["agt_nope"]},
+    ],
+)
+async def test_bad_deployment_requests(stack: Stack, body: dict[str, object]) -> None:
+    world = await make_world(stack, agents=1)
+    if "agent_ids" in body:
+        body = body | {"pipeline_version_id": world.version_id}
+    response = await stack.call(
+        "POST", f"{world.tree.env_path}/deployments", world.tree.owner, json=body
+    )
+    assert response.status_code in (400, 404), response.text
+    listed = await stack.ok("GET", f"{world.tree.env_path}/deployments", world.tree.owner)
+    assert listed["items"] == []
+
+
+async def test_no_agents_is_422_and_filter_by_status(stack: Stack) -> None:
+    world = await make_world(stack, agents=0)
+    response = await world.deploy()
+    assert response.status_code == 422
+    listed = await stack.call(
+        "GET", f"{world.tree.env_path}/deployments", world.tree.owner, params={"status": "bogus"}
+    )
+    assert listed.status_code == 400
