@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override the host of BYTEOR_CLOUD_API_BIND_ADDR")
     serve.add_argument("--port", type=int, help="override the port of BYTEOR_CLOUD_API_BIND_ADDR")
     commands.add_parser("migrate", help="create or upgrade the database schema")
+    commands.add_parser(
+        "worker", help="run durable jobs only (no HTTP); run several against PostgreSQL"
+    )
     bootstrap = commands.add_parser(
         "bootstrap", help="create the first owner and print their bearer token (once)"
     )
@@ -129,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(settings.log_level)
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "worker":
+        from controlplane.worker import run_worker
+
+        return asyncio.run(run_worker(settings))
     if args.command == "migrate":
         revision = asyncio.run(_migrate(settings))
         logger.info("database schema is at revision %s", revision)
