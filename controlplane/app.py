@@ -40,6 +40,7 @@ from controlplane.environments.routes import EnvironmentController
 from controlplane.errors import exception_handlers, request_id_of
 from controlplane.health.routes import healthz, readyz
 from controlplane.jobs import JobHandler, Worker
+from controlplane.openapi import document_errors
 from controlplane.orgs.routes import (
     MemberController,
     OrganizationController,
@@ -47,6 +48,7 @@ from controlplane.orgs.routes import (
 )
 from controlplane.pipelines.routes import DraftController, VersionController
 from controlplane.projects.routes import ProjectController
+from controlplane.ratelimit import AddressThrottleMiddleware, CredentialLimitMiddleware, RateLimiter
 from controlplane.request import ByteorRequest
 from controlplane.settings import DeploymentMode, Settings
 from controlplane.signing.kek import load_kek
@@ -81,6 +83,7 @@ def _lifespan(settings: Settings) -> Any:
         app.state.schema_head = head_revision()
         app.state.draining = False
         app.state.kek = load_kek(settings)
+        app.state.rate_limiter = RateLimiter.from_settings(settings)
         app.state.blobs = BlobStore(settings.blob_dir)
         if settings.should_auto_migrate:
             await upgrade(database.engine)
@@ -178,7 +181,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ApprovalController,
         ],
         dependencies=dependencies,
-        middleware=[auth],
+        middleware=[AddressThrottleMiddleware, auth, CredentialLimitMiddleware],
         exception_handlers=exception_handlers,
         lifespan=[_lifespan(settings)],
         openapi_config=openapi,
@@ -189,4 +192,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app.state.settings = settings
+    document_errors(app)
     return app

@@ -108,8 +108,10 @@ class TooManyRequests(DomainError):
     title = "Too Many Requests"
     slug = "rate-limited"
 
-    def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    def __init__(
+        self, detail: str, *, retry_after: int, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail, headers={**(headers or {}), "Retry-After": str(retry_after)})
 
 
 class Forbidden(DomainError):

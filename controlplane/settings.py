@@ -9,6 +9,7 @@ import enum
 from pathlib import Path
 from typing import Annotated
 
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -98,6 +99,30 @@ class Settings(BaseSettings):
     inflight_retry_after_seconds: Annotated[int, Field(ge=1)] = Field(
         default=30, description="Retry-After sent when the in-flight deployment cap is reached"
     )
+    rate_limit_bearer: str = Field(
+        default="600/minute", description="budget per API/session token (limits notation)"
+    )
+    rate_limit_agent: str = Field(
+        default="120/minute",
+        description="budget per agent key for heartbeats and other agent routes",
+    )
+    rate_limit_artifact_upload: str = Field(
+        default="60/minute", description="budget per agent key for artifact uploads"
+    )
+    rate_limit_anonymous: str = Field(
+        default="60/minute",
+        description="budget per client address for unauthenticated calls and failed authentications",
+    )
+    rate_limit_enrollment: str = Field(
+        default="30/minute", description="enrollments per environment (and failed ones per address)"
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="memory:// for one process; redis://host:6379/0 to share budgets across processes",
+    )
+    rate_limit_key_prefix: str = Field(
+        default="byteor", description="namespace of the rate-limit keys in a shared Redis"
+    )
     job_poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=1.0, description="how often an idle worker looks for due jobs"
     )
@@ -129,6 +154,28 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'byteor.db').resolve()}"
+
+    @field_validator(
+        "rate_limit_bearer",
+        "rate_limit_agent",
+        "rate_limit_artifact_upload",
+        "rate_limit_anonymous",
+        "rate_limit_enrollment",
+    )
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as 600/minute: {exc}") from None
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _check_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "async+")):
+            raise ValueError("use memory:// or redis://host:port/db")
+        return value
 
     @property
     def blob_dir(self) -> Path:

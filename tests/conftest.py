@@ -21,6 +21,12 @@ from controlplane.settings import Settings
 from shared.roles import Role
 from tests.backends import throwaway_database
 
+#: Budgets no functional test reaches; the rate-limit tests build apps with tiny ones.
+GENEROUS_RATE_LIMITS: dict[str, Any] = {
+    f"rate_limit_{bucket}": "1000000/minute"
+    for bucket in ("bearer", "agent", "artifact_upload", "anonymous", "enrollment")
+}
+
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -148,7 +154,9 @@ async def stack(
     backend: str = request.param
     directory: Path = tmp_path_factory.mktemp(f"stack-{backend}")
     async with throwaway_database(backend, directory) as url:
-        settings = Settings(data_dir=directory, database_url=url, auto_migrate=True)
+        settings = Settings(
+            data_dir=directory, database_url=url, auto_migrate=True, **GENEROUS_RATE_LIMITS
+        )
         app = create_app(settings)
         # The app's lifespan and every request run on the test's own event loop (asyncpg needs it).
         async with (

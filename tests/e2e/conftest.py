@@ -56,14 +56,25 @@ class Server:
         return self.process.returncode
 
 
-def start_server(cwd: Path, env: dict[str, str] | None = None) -> Server:
+#: Budgets the functional end-to-end tests never reach (rate limiting has its own tests).
+GENEROUS_RATE_LIMITS = {
+    f"BYTEOR_CLOUD_RATE_LIMIT_{bucket}": "1000000/minute"
+    for bucket in ("BEARER", "AGENT", "ARTIFACT_UPLOAD", "ANONYMOUS", "ENROLLMENT")
+}
+
+
+def start_server(cwd: Path, env: dict[str, str] | None = None, *, limits: bool = False) -> Server:
+    """Start ``byteor-controlplane serve`` on a free port; ``limits`` keeps the real budgets."""
     port = free_port()
+    env = env or clean_env()
+    if not limits:
+        env = {**GENEROUS_RATE_LIMITS, **env}
     log = cwd / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [console_script("byteor-controlplane"), "serve", "--port", str(port)],
             cwd=cwd,
-            env=env or clean_env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,8 @@
+"""Sliding-window rate limits (the ``limits`` library, moving-window strategy)."""
+
+from __future__ import annotations
+
+from controlplane.ratelimit.limiter import Budgets, RateLimiter
+from controlplane.ratelimit.middleware import AddressThrottleMiddleware, CredentialLimitMiddleware
+
+__all__ = ["AddressThrottleMiddleware", "Budgets", "CredentialLimitMiddleware", "RateLimiter"]

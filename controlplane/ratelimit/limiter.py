@@ -1,0 +1,129 @@
+"""Budgets per bucket, counted in a moving window in memory or Redis.
+
+Buckets: ``bearer`` (per API/session token), ``agent`` (per agent key), ``artifact_upload`` (per
+agent key), ``anonymous`` (per client address: unauthenticated calls and failed
+authentications), ``enrollment`` (per environment) and ``enrollment_failures`` (per address).
+When the storage is unreachable the limiter fails open and logs it: an outage of Redis must not
+take the API down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from limits import RateLimitItem, parse
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+if TYPE_CHECKING:
+    from controlplane.settings import Settings
+
+__all__ = ["Budgets", "RateLimiter", "Verdict"]
+
+logger = logging.getLogger("byteor.controlplane.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of counting one request against a bucket."""
+
+    bucket: str
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: int
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    bearer: RateLimitItem
+    agent: RateLimitItem
+    artifact_upload: RateLimitItem
+    anonymous: RateLimitItem
+    enrollment: RateLimitItem
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Budgets:
+        return cls(
+            bearer=parse(settings.rate_limit_bearer),
+            agent=parse(settings.rate_limit_agent),
+            artifact_upload=parse(settings.rate_limit_artifact_upload),
+            anonymous=parse(settings.rate_limit_anonymous),
+            enrollment=parse(settings.rate_limit_enrollment),
+        )
+
+    def of(self, bucket: str) -> RateLimitItem:
+        if bucket == "enrollment_failures":
+            return self.enrollment
+        item: RateLimitItem = getattr(self, bucket)
+        return item
+
+
+def _async_uri(uri: str) -> str:
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+class RateLimiter:
+    """Counts hits per (bucket, key) and says whether the budget allows them."""
+
+    def __init__(self, storage_uri: str, budgets: Budgets, key_prefix: str = "byteor") -> None:
+        options = (
+            {} if storage_uri.startswith(("memory", "async+memory")) else {"key_prefix": key_prefix}
+        )
+        self.storage = storage_from_string(_async_uri(storage_uri), **options)
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.budgets = budgets
+        self.rejections: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        return cls(
+            settings.rate_limit_storage,
+            Budgets.from_settings(settings),
+            key_prefix=settings.rate_limit_key_prefix,
+        )
+
+    async def _verdict(self, bucket: str, key: str, *, count: bool) -> Verdict:
+        item = self.budgets.of(bucket)
+        try:
+            allowed = (
+                await self.strategy.hit(item, bucket, key)
+                if count
+                else await self.strategy.test(item, bucket, key)
+            )
+            stats = await self.strategy.get_window_stats(item, bucket, key)
+        except Exception as exc:  # noqa: BLE001 - any storage failure: fail open, loudly
+            logger.warning("rate limit storage unavailable (%s); allowing the request", exc)
+            return Verdict(bucket, True, item.amount, item.amount, int(time.time()) + 1)
+        if not allowed:
+            self.rejections[bucket] = self.rejections.get(bucket, 0) + 1
+        return Verdict(
+            bucket=bucket,
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_at=math.ceil(stats.reset_time),
+        )
+
+    async def hit(self, bucket: str, key: str) -> Verdict:
+        """Count one request; ``allowed`` is False once the budget is spent."""
+        return await self._verdict(bucket, key, count=True)
+
+    async def peek(self, bucket: str, key: str) -> Verdict:
+        """Whether one more request would be allowed, without counting it."""
+        return await self._verdict(bucket, key, count=False)

@@ -1,0 +1,114 @@
+"""Rate limits shared through Redis by two real server processes, and a real agent hitting its budget."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import clean_env, console_script, start_server
+from tests.e2e.fleet import (
+    FAST_AGENT_SERVER_ENV,
+    ThrottlingProxy,
+    bootstrap_tenant,
+    start_agent,
+    wait_for,
+)
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not redis_up(), reason="Redis at 127.0.0.1:6379 is unreachable")
+def test_two_processes_share_one_budget_through_redis(tmp_path: Path) -> None:
+    env = clean_env(
+        BYTEOR_CLOUD_RATE_LIMIT_STORAGE=REDIS,
+        # a fresh namespace per run; the keys expire with their one-minute window
+        BYTEOR_CLOUD_RATE_LIMIT_KEY_PREFIX=f"byteor-test-{secrets.token_hex(6)}",
+        BYTEOR_CLOUD_RATE_LIMIT_BEARER="6/minute",
+    )
+    first = start_server(tmp_path, env, limits=True)
+    second = start_server(tmp_path, env, limits=True)
+    try:
+        token = subprocess.run(
+            [console_script("byteor-controlplane"), "bootstrap", "--email", "redis@example.com"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        remaining = []
+        for server in (first, second, first, second, first, second):
+            response = httpx.get(f"{server.url}/api/v1/me", headers=headers)
+            assert response.status_code == 200, response.text
+            remaining.append(int(response.headers["x-ratelimit-remaining"]))
+        assert remaining == [5, 4, 3, 2, 1, 0]
+        for server in (first, second):
+            refused = httpx.get(f"{server.url}/api/v1/me", headers=headers)
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_agent_backs_off_on_the_real_heartbeat_limit(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path,
+        clean_env(**FAST_AGENT_SERVER_ENV, BYTEOR_CLOUD_RATE_LIMIT_AGENT="3/5 seconds"),
+    )
+    try:
+        tenant = bootstrap_tenant(server)
+        proxy = ThrottlingProxy(upstream=server.url, retry_after=0, throttle_seconds=0)
+        proxy.start()
+        token = tenant.enrollment_token()["token"]
+        agent = start_agent(
+            tmp_path,
+            {
+                "BYTEOR_API_BASE_URL": proxy.url,
+                "BYTEOR_ENROLLMENT_TOKEN": token,
+                "BYTEOR_ORG_ID": tenant.org_id,
+                "BYTEOR_PROJECT_ID": tenant.project_id,
+                "BYTEOR_ENVIRONMENT_ID": tenant.env_id,
+                "BYTEOR_STATE_DIR": str(tmp_path / "state"),
+                "BYTEOR_HEARTBEAT_INTERVAL_SECONDS": "1",
+            },
+        )
+        try:
+            wait_for(
+                lambda: (
+                    sum(1 for _, status in proxy.heartbeats if status == 429) >= 2
+                    and proxy.heartbeats[-1][1] == 200
+                ),
+                timeout=40,
+                what="the agent to hit the limit and recover",
+            )
+        finally:
+            assert agent.stop() == 0, agent.output()
+            proxy.stop()
+        heartbeats = list(proxy.heartbeats)
+        window_start = heartbeats[0][0]
+        # The budget is 3 per 5 s; the agent must not retry faster than Retry-After allows:
+        # in any 5 s window there are at most 3 accepted and very few refused attempts.
+        for t0, _ in heartbeats:
+            in_window = [s for t, s in heartbeats if t0 <= t < t0 + 5]
+            assert in_window.count(200) <= 3
+            assert in_window.count(429) <= 2, heartbeats
+        assert window_start >= 0
+        assert agent.process.returncode == 0
+    finally:
+        server.stop()
