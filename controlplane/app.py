@@ -40,6 +40,7 @@ from controlplane.environments.routes import EnvironmentController
 from controlplane.errors import exception_handlers, request_id_of
 from controlplane.health.routes import healthz, readyz
 from controlplane.jobs import JobHandler, Worker
+from controlplane.observability import Metrics, MetricsMiddleware, metrics_endpoint
 from controlplane.openapi import document_errors
 from controlplane.orgs.routes import (
     MemberController,
@@ -83,7 +84,9 @@ def _lifespan(settings: Settings) -> Any:
         app.state.schema_head = head_revision()
         app.state.draining = False
         app.state.kek = load_kek(settings)
-        app.state.rate_limiter = RateLimiter.from_settings(settings)
+        limiter = RateLimiter.from_settings(settings)
+        limiter.on_reject = lambda bucket: app.state.metrics.rate_limited.labels(bucket).inc()
+        app.state.rate_limiter = limiter
         app.state.blobs = BlobStore(settings.blob_dir)
         if settings.should_auto_migrate:
             await upgrade(database.engine)
@@ -163,6 +166,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             healthz,
             readyz,
+            metrics_endpoint,
             MeController,
             TokenController,
             OrganizationController,
@@ -181,7 +185,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ApprovalController,
         ],
         dependencies=dependencies,
-        middleware=[AddressThrottleMiddleware, auth, CredentialLimitMiddleware],
+        middleware=[MetricsMiddleware, AddressThrottleMiddleware, auth, CredentialLimitMiddleware],
         exception_handlers=exception_handlers,
         lifespan=[_lifespan(settings)],
         openapi_config=openapi,
@@ -192,5 +196,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     document_errors(app)
     return app

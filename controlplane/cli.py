@@ -17,6 +17,7 @@ from shared import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import FrameType
 
 __all__ = ["main"]
 
@@ -25,14 +26,10 @@ logger = logging.getLogger("byteor.controlplane")
 EXIT_USAGE = 2
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )
-    # Alembic announces every plugin and context at INFO; our own lines say what matters.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _configure_logging(settings: Settings) -> None:
+    from controlplane.observability.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
@@ -41,6 +38,25 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     from controlplane.app import create_app
 
     app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On the first SIGTERM/SIGINT: report not-ready for ``drain_seconds``, then stop."""
+
+        draining = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.draining or settings.drain_seconds <= 0:
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            app.state.draining = True
+            logger.info(
+                "draining: /readyz answers 503 for %gs, then shutting down", settings.drain_seconds
+            )
+            asyncio.get_running_loop().call_later(
+                settings.drain_seconds, super().handle_exit, sig, frame
+            )
+
     config = uvicorn.Config(
         app,
         host=host or settings.bind_host,
@@ -54,7 +70,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     # handler that was installed before it; a no-op handler here turns that into a clean exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.Server(config).run()
+    DrainingServer(config).run()
     logger.info("control plane stopped")
     return 0
 
@@ -129,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"byteor-controlplane: invalid settings:\n{exc}", file=sys.stderr)  # noqa: T201
         return EXIT_USAGE
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
     if args.command == "worker":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         default=200, description="largest accepted ?limit="
     )
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json (one object per line) or text (logfmt-like)"
+    )
+    drain_seconds: Annotated[float, Field(ge=0, le=300)] = Field(
+        default=5.0,
+        description="on SIGTERM, how long /readyz answers 503 before the server stops accepting",
+    )
     key_encryption_key: SecretStr | None = Field(
         default=None,
         description=(

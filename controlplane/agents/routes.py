@@ -112,9 +112,16 @@ class AgentAdminController(Controller):
     ) -> EnrollResponse:
         credential = request.scope.get("user")
         assert isinstance(credential, EnrollmentCredential)  # noqa: S101 - middleware contract
-        return await enrollment.enroll(
-            session, kek, credential.token, org_id, project_id, env_id, data or EnrollRequest()
-        )
+        enrollments = request.app.state.metrics.enrollments
+        try:
+            enrolled = await enrollment.enroll(
+                session, kek, credential.token, org_id, project_id, env_id, data or EnrollRequest()
+            )
+        except Exception:
+            enrollments.labels("refused").inc()
+            raise
+        enrollments.labels("enrolled").inc()
+        return enrolled
 
     @get("/", summary="List agents with status from heartbeat age (viewer)")
     async def list_agents(
@@ -219,6 +226,7 @@ class AgentRuntimeController(Controller):
         agent_id: FromPath[str],
         data: JSONBody[Heartbeat],
     ) -> HeartbeatResponse:
+        state.metrics.heartbeats.inc()
         return await service.receive_heartbeat(
             session, _agent(request), data, state.settings, state.heartbeats, kek
         )

@@ -20,6 +20,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from controlplane.settings import Settings
 
 __all__ = ["Budgets", "RateLimiter", "Verdict"]
@@ -88,7 +90,8 @@ class RateLimiter:
         self.storage = storage_from_string(_async_uri(storage_uri), **options)
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.budgets = budgets
-        self.rejections: dict[str, int] = {}
+        #: Called with the bucket name of every refused request (metrics hook).
+        self.on_reject: Callable[[str], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -110,8 +113,8 @@ class RateLimiter:
         except Exception as exc:  # noqa: BLE001 - any storage failure: fail open, loudly
             logger.warning("rate limit storage unavailable (%s); allowing the request", exc)
             return Verdict(bucket, True, item.amount, item.amount, int(time.time()) + 1)
-        if not allowed:
-            self.rejections[bucket] = self.rejections.get(bucket, 0) + 1
+        if not allowed and count and self.on_reject is not None:
+            self.on_reject(bucket)
         return Verdict(
             bucket=bucket,
             allowed=allowed,
