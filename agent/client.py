@@ -9,14 +9,17 @@ only in the ``Authorization`` header and never appear in logs or error messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Self, TypeVar
+import os
+from typing import TYPE_CHECKING, BinaryIO, Final, Literal, NamedTuple, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from agent.errors import (
+    BundleTooLarge,
     Forbidden,
     InvalidResponse,
     NotFoundError,
@@ -28,9 +31,12 @@ from agent.errors import (
 from agent.retry import DEFAULT_BACKOFF_MULTIPLIER, Sleep, build_retrying, parse_retry_after
 from shared import __version__
 from shared.agents import AgentRecord, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse
+from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
     from types import TracebackType
 
     from agent.settings import AgentSettings
@@ -67,6 +73,10 @@ _ENROLL: Final = msgspec.json.Decoder(EnrollResponse)
 _RECORD: Final = msgspec.json.Decoder(AgentRecord)
 _HEARTBEAT: Final = msgspec.json.Decoder(HeartbeatResponse)
 _ENVELOPE: Final = msgspec.json.Decoder(Envelope)
+_DEPLOYMENT: Final = msgspec.json.Decoder(AgentDeployment)
+#: Most bytes of an error response body read during a streamed download.
+_MAX_ERROR_BODY: Final = 64 * 1024
+_DOWNLOAD_FILE_MODE: Final = 0o600
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -75,10 +85,13 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _read_problem(response: httpx.Response, secret: str) -> _Problem:
-    """The response's problem document (empty if it has none), with ``secret`` redacted."""
+def _read_problem(response: httpx.Response, secret: str, content: bytes | None = None) -> _Problem:
+    """The response's problem document (empty if it has none), with ``secret`` redacted.
+
+    ``content`` is the body when it was read separately (a streamed response).
+    """
     try:
-        problem = _PROBLEM.decode(response.content)
+        problem = _PROBLEM.decode(response.content if content is None else content)
     except (msgspec.MsgspecError, RecursionError):
         problem = _Problem()
     if problem.detail is not None:
@@ -228,6 +241,135 @@ class ControlPlaneClient:
         path, credential = self._agent_route("/signing-key")
         return await self._call("GET", path, _ENVELOPE, credential)
 
+    async def get_deployment(
+        self, wait: float = 0, etag: str | None = None
+    ) -> tuple[AgentDeployment | None, str | None]:
+        """Long-poll for this agent's newest deployment manifest.
+
+        Args:
+            wait: Seconds the control plane may hold the request open until something changes
+                (sent as ``?wait=``); the HTTP timeout of the call is ``wait`` plus
+                ``http_timeout_seconds``.
+            etag: The ``ETag`` of the last answer, sent as ``If-None-Match``.
+
+        Returns:
+            ``(None, etag)`` when nothing changed (304), else the decoded document and the
+            response's ``ETag`` (``None`` if it sent none).
+
+        Raises:
+            AgentError: A subclass per failure (see :mod:`agent.errors`).
+        """
+        wait = max(0.0, wait)
+        path, credential = self._agent_route("/deployment")
+        params = {"wait": f"{wait:g}"}
+        headers = {"If-None-Match": etag} if etag else {}
+        timeout = wait + self._settings.http_timeout_seconds
+
+        async def attempt() -> tuple[AgentDeployment | None, str | None]:
+            what = f"GET {path}"
+            response = await self._request(
+                "GET", path, credential, params=params, headers=headers, http_timeout=timeout
+            )
+            if response.status_code == 304:
+                return None, response.headers.get("etag", etag)
+            self._raise_for_status(response, what, credential)
+            return self._decode(response, _DEPLOYMENT, what), response.headers.get("etag")
+
+        return await self._retry(attempt)
+
+    async def download_bundle(self, digest: str, destination: Path, max_bytes: int) -> int:
+        """Stream a config bundle archive to ``destination`` without holding it in memory.
+
+        ``destination`` is created (or truncated) with mode ``0600``; on any failure it is
+        deleted, so a partial download never stays behind.
+
+        Args:
+            digest: The bundle's digest (``sha256:<hex>``) as in the deployment manifest.
+            destination: The file to write (in a directory the caller owns).
+            max_bytes: Most bytes accepted; the download is aborted as soon as more arrive.
+
+        Returns:
+            The number of bytes written.
+
+        Raises:
+            BundleTooLarge: If the body (or its declared ``Content-Length``) exceeds ``max_bytes``.
+            AgentError: A subclass per other failure (see :mod:`agent.errors`).
+        """
+        path, credential = self._agent_route(f"/bundles/{quote(digest, safe=':')}")
+
+        async def attempt() -> int:
+            try:
+                return await self._stream_to(path, credential, destination, max_bytes)
+            except BaseException:
+                _discard(destination)
+                raise
+
+        return await self._retry(attempt)
+
+    async def report_deployment(self, report: DeploymentReport) -> None:
+        """Report the progress of a deployment manifest on this agent.
+
+        Args:
+            report: The manifest's deployment id and sequence, its status and why.
+
+        Raises:
+            AgentError: A subclass per failure (see :mod:`agent.errors`).
+        """
+        path, credential = self._agent_route("/deployment")
+        body = _ENCODER.encode(report)
+
+        async def attempt() -> None:
+            response = await self._request("POST", path, credential, body=body)
+            self._raise_for_status(response, f"POST {path}", credential)
+
+        await self._retry(attempt)
+
+    async def _stream_to(
+        self, path: str, credential: _Credential, destination: Path, max_bytes: int
+    ) -> int:
+        what = f"GET {path}"
+        headers = {"Authorization": f"Bearer {credential.secret}", "Accept": "*/*"}
+        try:
+            async with self._http.stream("GET", path, headers=headers) as response:
+                if not 200 <= response.status_code < 300:
+                    content = await self._read_bounded(response)
+                    self._raise_for_status(response, what, credential, content)
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise BundleTooLarge(
+                        f"{what}: Content-Length {declared} exceeds the limit of {max_bytes} bytes",
+                        status=response.status_code,
+                    )
+                written = 0
+                with _open_for_writing(destination) as sink:
+                    async for chunk in response.aiter_bytes():
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise BundleTooLarge(
+                                f"{what}: more than {max_bytes} bytes; download aborted",
+                                status=response.status_code,
+                            )
+                        sink.write(chunk)
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                return written
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except httpx.RequestError as exc:
+            raise InvalidResponse(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    async def _read_bounded(response: httpx.Response) -> bytes:
+        """Read at most :data:`_MAX_ERROR_BODY` bytes of a streamed (error) body."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_ERROR_BODY:
+                break
+        return b"".join(chunks)[:_MAX_ERROR_BODY]
+
     def _agent_route(self, suffix: str) -> tuple[str, _Credential]:
         if self._credentials is None:
             raise RuntimeError("no agent credentials: call set_credentials() first")
@@ -244,6 +386,13 @@ class ControlPlaneClient:
         *,
         idempotent: bool = True,
     ) -> _T:
+        async def attempt() -> _T:
+            return await self._send(method, path, decoder, credential, body)
+
+        return await self._retry(attempt, idempotent=idempotent)
+
+    async def _retry(self, attempt: Callable[[], Awaitable[_T]], *, idempotent: bool = True) -> _T:
+        """Run ``attempt`` under the retry policy of :mod:`agent.retry`."""
         retrying = build_retrying(
             max_attempts=self._settings.max_retry_attempts,
             max_backoff=self._settings.max_backoff_seconds,
@@ -251,7 +400,8 @@ class ControlPlaneClient:
             idempotent=idempotent,
             sleep=self._sleep,
         )
-        return await retrying(self._send, method, path, decoder, credential, body)
+        result: _T = await retrying(attempt)
+        return result
 
     async def _send(
         self,
@@ -261,13 +411,36 @@ class ControlPlaneClient:
         credential: _Credential,
         body: bytes | None,
     ) -> _T:
-        """Make one attempt; the only place responses become results or :mod:`agent.errors`."""
+        """Make one attempt of a JSON call."""
         what = f"{method} {path}"
-        headers = {"Authorization": f"Bearer {credential.secret}"}
+        response = await self._request(method, path, credential, body=body)
+        self._raise_for_status(response, what, credential)
+        return self._decode(response, decoder, what)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        credential: _Credential,
+        *,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        http_timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; transport failures become :mod:`agent.errors`."""
+        what = f"{method} {path}"
+        all_headers = {**(headers or {}), "Authorization": f"Bearer {credential.secret}"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            all_headers["Content-Type"] = "application/json"
         try:
-            response = await self._http.request(method, path, content=body, headers=headers)
+            if http_timeout is None:
+                return await self._http.request(
+                    method, path, content=body, params=params, headers=all_headers
+                )
+            return await self._http.request(
+                method, path, content=body, params=params, headers=all_headers, timeout=http_timeout
+            )
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
             raise TransientError(
                 f"{what}: {type(exc).__name__}: {exc}",
@@ -276,17 +449,26 @@ class ControlPlaneClient:
         except httpx.RequestError as exc:  # undecodable content-encoding and the like
             raise InvalidResponse(f"{what}: {type(exc).__name__}: {exc}") from exc
 
+    @staticmethod
+    def _decode(response: httpx.Response, decoder: msgspec.json.Decoder[_T], what: str) -> _T:
+        try:
+            return decoder.decode(response.content)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            status = response.status_code
+            raise InvalidResponse(
+                f"{what}: {status} response is not the expected document: {exc}",
+                status=status,
+            ) from exc
+
+    @staticmethod
+    def _raise_for_status(
+        response: httpx.Response, what: str, credential: _Credential, content: bytes | None = None
+    ) -> None:
+        """The only place non-2xx responses become :mod:`agent.errors`."""
         status = response.status_code
         if 200 <= status < 300:
-            try:
-                return decoder.decode(response.content)
-            except (msgspec.MsgspecError, RecursionError) as exc:
-                raise InvalidResponse(
-                    f"{what}: {status} response is not the expected document: {exc}",
-                    status=status,
-                ) from exc
-
-        problem = _read_problem(response, credential.secret)
+            return
+        problem = _read_problem(response, credential.secret, content)
         reason = problem.detail or problem.title or response.reason_phrase
         message = f"{what}: {status} {reason}"
         if status in {408, 429} or status >= 500:
@@ -323,3 +505,16 @@ class ControlPlaneClient:
             problem_type=problem.type,
             request_id=problem.request_id,
         )
+
+
+def _open_for_writing(path: Path) -> BinaryIO:
+    """Create or truncate ``path`` with mode ``0600`` (no symlink followed) for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), _DOWNLOAD_FILE_MODE)
+    return os.fdopen(fd, "wb")
+
+
+def _discard(path: Path) -> None:
+    """Delete ``path`` if it exists."""
+    with contextlib.suppress(OSError):
+        path.unlink()

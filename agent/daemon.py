@@ -5,11 +5,19 @@ Jobs (APScheduler, ``max_instances=1``, ``coalesce=True``, jittered):
 - heartbeat: psutil metrics to the control plane; the response sets the next interval, may hand
   over a rotated key, and announces key-set changes;
 - signing-key refresh: accept a new key set only when a key of the pinned set signed it;
+- deployment: long-poll for deployment manifests, apply and report them
+  (:class:`~agent.deployments.DeploymentChecker`); it reschedules itself about a second after each
+  long-poll returns (later while the control plane fails), and a heartbeat announcing
+  ``deployment_pending`` runs it at once;
 - watchdog: ping systemd at half its ``WatchdogSec``.
 
 Readiness (``READY=1``) is sent after the first successful heartbeat, or after the first failed
 one when the control plane is unreachable, so a host boots even while the control plane is down.
 A 401 is not fatal: the agent logs it, reports ``degraded`` and re-checks slowly.
+
+At start, an activation interrupted by a crash is finished or undone
+(:meth:`~agent.activation.Activator.recover`) before any job runs, and its outcome is reported as
+soon as the control plane answers.
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ import logging
 import os
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from agent.activation import Activator
+from agent.deployments import DeploymentChecker
 from agent.enrollment import ensure_enrolled
 from agent.errors import AgentError, Forbidden, Unauthorized
 from agent.metrics import prime_cpu_sampling, sample_resources
@@ -46,6 +56,8 @@ logger = logging.getLogger("byteor.agent")
 KEYSET_REFRESH_SECONDS = 600.0
 UNAUTHORIZED_RECHECK_SECONDS = 300.0
 JITTER_FRACTION = 0.1
+#: Safety-net period of the deployment job; it normally reschedules itself after each round.
+DEPLOYMENT_FALLBACK_SECONDS = 300.0
 
 
 class Agent:
@@ -67,6 +79,8 @@ class Agent:
         self._sequence = 0
         self._scheduler: AsyncIOScheduler | None = None
         self.status = RuntimeStatus(pid=os.getpid(), started_at=datetime.now(UTC))
+        self.activator = Activator(settings)
+        self.deployments = DeploymentChecker(settings, client, self.activator, lambda: self.state)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -77,6 +91,10 @@ class Agent:
         self.state = state
         self.client.set_credentials(state.agent_id, state.pending_api_key or state.api_key)
         self.status.keyset_version = state.keyset_version
+        recovered = await self.activator.recover(state)
+        if recovered is not None:
+            self.deployments.queue(recovered)  # reported once the control plane answers
+        self._sync_deployment_status()
         self.notifier.status(f"{'enrolled' if enrolled else 'starting'} as {state.agent_id}")
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler = scheduler
@@ -98,6 +116,16 @@ class Agent:
             jitter=KEYSET_REFRESH_SECONDS * JITTER_FRACTION,
             max_instances=1,
             coalesce=True,
+        )
+        scheduler.add_job(
+            self.check_deployment,
+            "interval",
+            id="deployment",
+            seconds=DEPLOYMENT_FALLBACK_SECONDS,
+            jitter=DEPLOYMENT_FALLBACK_SECONDS * JITTER_FRACTION,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
         )
         if self.notifier.watchdog_interval:
             scheduler.add_job(
@@ -138,8 +166,8 @@ class Agent:
             uptime_seconds=round(time.monotonic() - self._started, 3),
             status="degraded" if self.status.state == "degraded" else "running",
             hostname=socket.gethostname(),
-            active_deployment_id=self.status.active_deployment_id,
-            active_bundle_digest=self.status.active_bundle_digest,
+            active_deployment_id=self.state.active_deployment_id if self.state else None,
+            active_bundle_digest=self.state.active_bundle_digest if self.state else None,
             keyset_version=self.state.keyset_version if self.state else 0,
             resources=sample_resources(self.settings.state_dir),
         )
@@ -178,10 +206,13 @@ class Agent:
         self.status.last_heartbeat_ok = True
         self.status.last_error = None
         self._set_interval(response.next_interval_seconds)
+        self._sync_deployment_status()
         self._write_status()
         self.notifier.ready(f"online, heartbeat every {self.interval:g}s")
         if response.keyset_version > self.state.keyset_version:
             await self.refresh_keyset()
+        if response.deployment_pending:
+            self.trigger_deployment_check()
 
     async def _on_unauthorized(self, exc: Unauthorized) -> None:
         assert self.state is not None  # noqa: S101
@@ -244,6 +275,33 @@ class Agent:
         self.status.keyset_version = accepted.version
         self._write_status()
         logger.info("pinned signing key set version %d", accepted.version)
+
+    async def check_deployment(self) -> None:
+        """One deployment round, then schedule the next (never raises)."""
+        try:
+            await self.deployments.check_once()
+        finally:
+            self._sync_deployment_status()
+            self._write_status()
+            self._schedule_deployment(self.deployments.next_delay)
+
+    def trigger_deployment_check(self) -> None:
+        """Run the deployment job now, unless a long-poll is already waiting."""
+        if not self.deployments.busy:
+            logger.info("a deployment is pending; checking now")
+            self._schedule_deployment(0.0)
+
+    def _schedule_deployment(self, delay: float) -> None:
+        if self._scheduler is None or not self._scheduler.running:
+            return
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+        with contextlib.suppress(Exception):  # the job is gone while shutting down
+            self._scheduler.modify_job("deployment", next_run_time=when)
+
+    def _sync_deployment_status(self) -> None:
+        if self.state is not None:
+            self.status.active_deployment_id = self.state.active_deployment_id
+            self.status.active_bundle_digest = self.state.active_bundle_digest
 
     def _write_status(self) -> None:
         try:

@@ -12,6 +12,7 @@ on classes, never on status codes::
     │   ├── NotFoundError           404
     │   ├── RequestRejected         any other 4xx (or an unexpected non-2xx status)
     │   └── InvalidResponse         a 2xx whose body is not the expected document
+    │       └── BundleTooLarge      a bundle download sent more bytes than allowed
     └── StateError                  the local state file is unreadable or corrupt
 
 HTTP errors carry the response ``status`` and, when the server sent an RFC 9457
@@ -25,6 +26,7 @@ from typing import ClassVar
 
 __all__ = [
     "AgentError",
+    "BundleTooLarge",
     "Forbidden",
     "InvalidResponse",
     "NotFoundError",
@@ -130,3 +132,7 @@ class InvalidResponse(PermanentError):
 
 class StateError(AgentError):
     """The agent's local state file cannot be read or is corrupt."""
+
+
+class BundleTooLarge(InvalidResponse):
+    """A bundle download sent more bytes than the caller allowed; it was aborted and discarded."""

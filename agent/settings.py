@@ -78,6 +78,30 @@ class AgentSettings(BaseSettings):
     max_backoff_seconds: float = Field(
         default=60.0, gt=0, description="Upper bound of the jittered exponential backoff."
     )
+    max_bundle_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Largest config bundle archive (bytes) the agent downloads; more is refused.",
+    )
+    deployment_wait_seconds: float = Field(
+        default=25.0,
+        ge=0,
+        description="How long one deployment long-poll may wait on the control plane (seconds).",
+    )
+    health_check_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Timeout of the health check command of a candidate bundle."
+    )
+    activation_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Timeout of the activation command of a new bundle."
+    )
+    crash_after_step: str | None = Field(
+        default=None,
+        description=(
+            "Fault-injection hook for tests only (BYTEOR_CRASH_AFTER_STEP): after journaling this "
+            "activation step (verified, downloaded, unpacked, validated, health_checked, switched, "
+            "activated) the process calls os._exit(86). Never set it in production."
+        ),
+    )
 
     @field_validator("api_base_url")
     @classmethod

@@ -48,6 +48,12 @@ class AgentState(msgspec.Struct, kw_only=True):
         keyset_version: The version of ``keyset``.
         enrolled_at: When the agent enrolled.
         pending_api_key: A rotated key received but not yet confirmed in use (secret).
+        last_sequence: The newest deployment manifest sequence the agent has acted on; older or
+            equal sequences are refused as replays.
+        active_deployment_id: The deployment whose bundle is active, if any.
+        active_bundle_digest: The active bundle's digest (``sha256:<hex>``), if any.
+        active_spec_hash: The active bundle's spec hash, if any.
+        previous_bundle_digest: The bundle that was active before the current one, if any.
     """
 
     agent_id: str
@@ -60,6 +66,11 @@ class AgentState(msgspec.Struct, kw_only=True):
     keyset_version: int
     enrolled_at: datetime
     pending_api_key: str | None = None
+    last_sequence: int = 0
+    active_deployment_id: str | None = None
+    active_bundle_digest: str | None = None
+    active_spec_hash: str | None = None
+    previous_bundle_digest: str | None = None
 
     def __repr__(self) -> str:
         """A representation without the secrets, safe to log."""
@@ -68,7 +79,10 @@ class AgentState(msgspec.Struct, kw_only=True):
             f"AgentState(agent_id={self.agent_id!r}, api_key='***', org_id={self.org_id!r}, "
             f"project_id={self.project_id!r}, environment_id={self.environment_id!r}, "
             f"name={self.name!r}, keyset_version={self.keyset_version}, "
-            f"enrolled_at={self.enrolled_at.isoformat()!r}, pending_api_key={pending})"
+            f"enrolled_at={self.enrolled_at.isoformat()!r}, pending_api_key={pending}, "
+            f"last_sequence={self.last_sequence}, "
+            f"active_deployment_id={self.active_deployment_id!r}, "
+            f"active_bundle_digest={self.active_bundle_digest!r})"
         )
 
 

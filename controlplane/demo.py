@@ -89,6 +89,101 @@ class _Api:
         return response.json() if response.content else None
 
 
+SAMPLE_PLAN: dict[str, Any] = {
+    "name": "orders",
+    "target": "SingleRing",
+    "stages": [
+        {"id": "decode"},
+        {"id": "enrich", "depends_on": [0]},
+        {"id": "publish", "depends_on": [1]},
+    ],
+    "constraints": {"shards": 1, "ordering": "strict"},
+    "single_ring": {"producer": "single", "scheduling": "dedicated"},
+}
+
+
+def _follow(
+    api: _Api, path: str, until: set[str], say: Callable[[str], None], skip: int = 0
+) -> dict[str, Any]:
+    """Print each status a deployment passes through (after the first ``skip`` events)."""
+    seen: list[str] = [""] * skip
+
+    def settled() -> dict[str, Any] | None:
+        detail: dict[str, Any] = api.call("GET", path)
+        for event in detail["events"][len(seen) :]:
+            seen.append(event["to_status"])
+            reason = f" ({event['reason']})" if event["reason"] else ""
+            say(f"      -> {event['to_status']}{reason}")
+        return detail if detail["status"] in until else None
+
+    result: dict[str, Any] = _wait(
+        settled, 120, f"the deployment to become {'/'.join(sorted(until))}"
+    )
+    return result
+
+
+def _deploy_with_approval(
+    api: _Api,
+    org_id: str,
+    env_path: str,
+    agent_id: str,
+    say: Callable[[str], None],
+    root: Path,
+) -> None:
+    spec_path = root / "agent" / "spec.kv"
+    api.call("PUT", env_path, json={"approvals_required": 1})
+    approver = api.call(
+        "POST",
+        f"/api/v1/orgs/{org_id}/service-accounts",
+        json={"name": "release-approver", "role": "approver"},
+    )
+    approver_api = _Api(str(api.client.base_url), approver["token"])
+    draft = api.call("POST", f"{env_path}/drafts", json={"name": "orders", "plan": SAMPLE_PLAN})
+    deployed: list[str] = []
+    for number, plan_name in ((1, "orders"), (2, "orders-v2")):
+        api.call(
+            "PUT",
+            f"{env_path}/drafts/{draft['id']}",
+            json={"plan": SAMPLE_PLAN | {"name": plan_name}},
+        )
+        version = api.call("POST", f"{env_path}/drafts/{draft['id']}/version")
+        deployment = api.call(
+            "POST",
+            f"{env_path}/deployments",
+            json={"pipeline_version_id": version["id"], "description": f"release {number}"},
+        )
+        path = f"{env_path}/deployments/{deployment['id']}"
+        say(
+            f"[7/7] deployment {number} of pipeline {plan_name!r} v{version['number']}: {deployment['id']}"
+        )
+        say("      needs 1 approval; the requester may not approve their own deployment")
+        approver_api.call(
+            "POST",
+            f"{env_path}/approvals",
+            json={"deployment_id": deployment["id"], "decision": "approve", "comment": "demo"},
+        )
+        say("      approved by service account release-approver")
+        final = _follow(api, path, {"active", "failed"}, say)
+        deployed.append(deployment["id"])
+        spec = spec_path.read_text() if spec_path.exists() else ""
+        say(
+            f"      agent {agent_id} runs {spec.splitlines()[1] if spec else 'nothing'} ({spec_path})"
+        )
+    say(f"      rolling back deployment 2 ({deployed[-1]})")
+    api.call(
+        "POST", f"{env_path}/deployments/{deployed[-1]}/rollback", json={"reason": "demo rollback"}
+    )
+    _follow(
+        api,
+        f"{env_path}/deployments/{deployed[-1]}",
+        {"rolled_back"},
+        say,
+        skip=len(final["events"]),
+    )
+    spec = spec_path.read_text() if spec_path.exists() else ""
+    say(f"      agent {agent_id} runs {spec.splitlines()[1] if spec else 'nothing'} again")
+
+
 def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
     """Run the demo; with ``once`` stop as soon as the agent is online, else until Ctrl-C."""
 
@@ -103,7 +198,7 @@ def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
         BYTEOR_CLOUD_AGENT_HEARTBEAT_INTERVAL_SECONDS=HEARTBEAT_SECONDS,
         BYTEOR_CLOUD_HEARTBEAT_FLUSH_SECONDS="1",
     )
-    say(f"[1/6] working directory {root}")
+    say(f"[1/7] working directory {root}")
     try:
         with _process(
             [_script("byteor-controlplane"), "serve", "--port", str(port)],
@@ -118,7 +213,7 @@ def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
                 30,
                 "the control plane to become ready",
             )
-            say(f"[2/6] control plane ready at {url} (SQLite in {root / 'controlplane'})")
+            say(f"[2/7] control plane ready at {url} (SQLite in {root / 'controlplane'})")
             token = subprocess.run(  # noqa: S603 - our own console script
                 [
                     _script("byteor-controlplane"),
@@ -141,11 +236,11 @@ def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
             environment = api.call("POST", env_base, json={"name": "local"})
             env_path = f"{env_base}/{environment['id']}"
             say(
-                f"[3/6] bootstrapped owner demo@example.com; created {org['id']} > "
+                f"[3/7] bootstrapped owner demo@example.com; created {org['id']} > "
                 f"{project['id']} > {environment['id']}"
             )
             enrollment = api.call("POST", f"{env_path}/enrollment-tokens", json={"max_uses": 1})
-            say(f"[4/6] enrollment token {enrollment['id']} (single use) created")
+            say(f"[4/7] enrollment token {enrollment['id']} (single use) created")
             agent_env = _clean_env(
                 BYTEOR_API_BASE_URL=url,
                 BYTEOR_ENROLLMENT_TOKEN=enrollment["token"],
@@ -157,7 +252,7 @@ def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
                 BYTEOR_SPEC=str(root / "agent" / "spec.kv"),
             )
             with _process([_script("byteor-agent"), "run"], agent_env, root / "agent.log") as agent:
-                say("[5/6] started byteor-agent run (enrolls once, then heartbeats)")
+                say("[5/7] started byteor-agent run (enrolls once, then heartbeats)")
 
                 def online_agent() -> dict[str, Any] | None:
                     if agent.poll() is not None:
@@ -170,11 +265,13 @@ def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
                 record = _wait(online_agent, 60, "the agent to come online")
                 resources = record["resources"] or {}
                 say(
-                    f"[6/6] agent {record['name']} ({record['id']}) is {record['status']}: "
+                    f"[6/7] agent {record['name']} ({record['id']}) is {record['status']}: "
                     f"last heartbeat {record['last_heartbeat_at']}, "
                     f"cpu {resources.get('cpu_percent', 0):.1f}%, "
                     f"memory {resources.get('memory_percent', 0):.1f}%"
                 )
+                say("")
+                _deploy_with_approval(api, org["id"], env_path, record["id"], say, root)
                 if once:
                     return 0
                 say("Heartbeats every 2 s; press Ctrl-C to stop.")

@@ -132,6 +132,11 @@ def test_demo_brings_an_agent_online(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert [line[:5] for line in lines[:6]] == [f"[{i}/6]" for i in range(1, 7)]
+    assert [line[:5] for line in lines[:6]] == [f"[{i}/7]" for i in range(1, 7)]
     assert "agent demo-agent (agt_" in lines[5]
     assert "is online: last heartbeat" in lines[5]
+    out = result.stdout
+    assert out.count("-> active (every target is active)") == 2
+    assert "runs pipeline.name=orders-v2" in out
+    assert "-> rolled_back" in out
+    assert out.rstrip().endswith("runs pipeline.name=orders again")
