@@ -7,11 +7,13 @@ agent keeps working against a newer control plane. New fields always get default
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from shared.base import Message
+from shared.resources import Name
 from shared.signing import Envelope
 
 __all__ = [
@@ -37,13 +39,20 @@ AGENT_SCOPES = (
 AgentStatus = Literal["online", "stale", "offline"]
 
 
+#: Integers the database stores as BIGINT.
+BigInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Short = Annotated[str, Meta(max_length=64)]
+Digest = Annotated[str, Meta(max_length=80)]
+AnId = Annotated[str, Meta(max_length=40)]
+
+
 class EnrollRequest(Message):
     """Body of ``POST …/environments/{env_id}/agents`` (all optional)."""
 
-    name: str | None = None
-    hostname: str | None = None
-    public_key: str | None = None
-    agent_version: str | None = None
+    name: Name | None = None
+    hostname: Annotated[str, Meta(max_length=255)] | None = None
+    public_key: Annotated[str, Meta(max_length=128)] | None = None
+    agent_version: Short | None = None
 
 
 class EnrollResponse(Message):
@@ -63,30 +72,30 @@ class Resources(Message):
     """Host resource usage sampled by the agent (psutil)."""
 
     cpu_percent: float = 0.0
-    cpu_count: int = 0
+    cpu_count: BigInt = 0
     load_1m: float = 0.0
     load_5m: float = 0.0
     load_15m: float = 0.0
-    memory_total_bytes: int = 0
-    memory_used_bytes: int = 0
+    memory_total_bytes: BigInt = 0
+    memory_used_bytes: BigInt = 0
     memory_percent: float = 0.0
-    disk_total_bytes: int = 0
-    disk_used_bytes: int = 0
+    disk_total_bytes: BigInt = 0
+    disk_used_bytes: BigInt = 0
     disk_percent: float = 0.0
-    boot_time_unix: int = 0
+    boot_time_unix: BigInt = 0
 
 
 class Heartbeat(Message):
     """Body of ``POST /api/v1/agents/{id}/heartbeat``."""
 
-    sequence: int = 0
-    agent_version: str = ""
-    uptime_seconds: float = 0.0
+    sequence: BigInt = 0
+    agent_version: Short = ""
+    uptime_seconds: Annotated[float, Meta(ge=0, le=1e12)] = 0.0
     status: Literal["starting", "running", "degraded"] = "running"
-    hostname: str | None = None
-    active_deployment_id: str | None = None
-    active_bundle_digest: str | None = None
-    keyset_version: int = 0
+    hostname: Annotated[str, Meta(max_length=255)] | None = None
+    active_deployment_id: AnId | None = None
+    active_bundle_digest: Digest | None = None
+    keyset_version: BigInt = 0
     resources: Resources = msgspec.field(default_factory=Resources)
 
 

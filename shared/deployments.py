@@ -13,9 +13,10 @@ older bundle, so an agent never accepts a sequence it has already seen.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from shared.base import Message
 from shared.signing import Envelope
@@ -72,9 +73,9 @@ class AgentDeployment(Message):
 class DeploymentReport(Message):
     """``POST /api/v1/agents/{id}/deployment``: progress of one manifest on this agent."""
 
-    deployment_id: str
-    sequence: int
+    deployment_id: Annotated[str, Meta(max_length=40)]
+    sequence: Annotated[int, Meta(ge=1, le=2**63 - 1)]
     status: ReportStatus
-    reason: str | None = None
-    bundle_digest: str | None = None
-    spec_hash: str | None = None
+    reason: Annotated[str, Meta(max_length=2000)] | None = None
+    bundle_digest: Annotated[str, Meta(max_length=80)] | None = None
+    spec_hash: Annotated[str, Meta(max_length=80)] | None = None

@@ -155,7 +155,12 @@ async def stack(
     directory: Path = tmp_path_factory.mktemp(f"stack-{backend}")
     async with throwaway_database(backend, directory) as url:
         settings = Settings(
-            data_dir=directory, database_url=url, auto_migrate=True, **GENEROUS_RATE_LIMITS
+            data_dir=directory,
+            database_url=url,
+            auto_migrate=True,
+            # tests flush coalesced heartbeats explicitly, so the background flush stays out of the way
+            heartbeat_flush_seconds=60,
+            **GENEROUS_RATE_LIMITS,
         )
         app = create_app(settings)
         # The app's lifespan and every request run on the test's own event loop (asyncpg needs it).

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane.db.models import AgentRow
 
@@ -81,14 +82,19 @@ class HeartbeatBuffer:
         try:
             async with self.database.sessionmaker() as session:
                 for agent_id, entry in batch.items():
-                    await session.execute(
-                        update(AgentRow)
-                        .where(
-                            AgentRow.id == agent_id,
-                            AgentRow.last_sequence <= entry.heartbeat.sequence,
-                        )
-                        .values(**entry.columns())
-                    )
+                    try:
+                        async with session.begin_nested():
+                            await session.execute(
+                                update(AgentRow)
+                                .where(
+                                    AgentRow.id == agent_id,
+                                    AgentRow.last_sequence <= entry.heartbeat.sequence,
+                                )
+                                .values(**entry.columns())
+                            )
+                    except (SQLAlchemyError, OverflowError, ValueError):
+                        # One unwritable entry must not hold back the rest of the fleet: drop it.
+                        logger.warning("dropping an unwritable heartbeat of agent %s", agent_id)
                 await session.commit()
         except Exception:
             # Put the batch back (newer entries that arrived meanwhile win) and retry next tick.

@@ -137,6 +137,20 @@ async def decide(
     slot = next((a for a in approvals if a.status == "pending"), None)
     if slot is None:
         raise Conflict("No approval of this deployment is pending")
+    if slot.expires_at <= utcnow():
+        # The window closed before the expiry job ran: expire now rather than accept a late vote.
+        for approval in approvals:
+            if approval.status == "pending":
+                approval.status = "expired"
+        transition(
+            session,
+            deployment,
+            Status.DENIED,
+            actor=SYSTEM,
+            reason="approval window expired without enough approvals",
+        )
+        await session.commit()
+        raise Conflict("The approval window of this deployment has closed; it is denied")
     slot.decided_by = caller.user_id
     slot.decided_at = utcnow()
     slot.comment = data.comment

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from controlplane.bundles.service import build_bundle_now, new_bundle_row
 from controlplane.db.models import (
     AgentRow,
+    ApprovalRow,
     ConfigBundleRow,
     DeploymentRow,
     DeploymentTargetRow,
@@ -28,7 +29,7 @@ from controlplane.deployments.lifecycle import Status, transition
 from controlplane.errors import Conflict, NotFound
 from controlplane.jobs import PermanentJobError, enqueue
 from controlplane.signing.service import sign_for_org
-from shared.deployments import DeploymentReport, ManifestPayload
+from shared.deployments import DeploymentReport, ManifestApproval, ManifestPayload
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -132,6 +133,18 @@ async def issue_manifest(
         issued_at=int(now.timestamp()),
         expires_at=int(now.timestamp()) + settings.manifest_ttl_seconds,
         action="rollback" if phase == ROLLBACK else "deploy",
+        approvals=[
+            ManifestApproval(
+                approval_id=a.id,
+                approver_id=a.decided_by or "",
+                decided_at=int(a.decided_at.timestamp()) if a.decided_at else 0,
+            )
+            for a in await session.scalars(
+                select(ApprovalRow)
+                .where(ApprovalRow.deployment_id == deployment.id, ApprovalRow.status == "approved")
+                .order_by(ApprovalRow.id)
+            )
+        ],
     )
     envelope = await sign_for_org(session, kek, deployment.org_id, msgspec.to_builtins(payload))
     previous = None
@@ -163,11 +176,19 @@ async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
         await session.commit()
         try:
             bundle_id = await _ready_bundle(session, context, deployment_id)
-        except PermanentJobError as exc:
-            deployment = await _deployment_for_update(session, deployment_id)
-            if deployment is not None and deployment.status == Status.BUILDING:
-                transition(session, deployment, Status.FAILED, actor=SYSTEM, reason=str(exc))
-                await session.commit()
+        except Exception as exc:
+            if isinstance(exc, PermanentJobError) or context.final_attempt:
+                await session.rollback()
+                deployment = await _deployment_for_update(session, deployment_id)
+                if deployment is not None and deployment.status == Status.BUILDING:
+                    transition(
+                        session,
+                        deployment,
+                        Status.FAILED,
+                        actor=SYSTEM,
+                        reason=f"bundle build failed: {exc}",
+                    )
+                    await session.commit()
             raise
         deployment = await _deployment_for_update(session, deployment_id)
         if deployment is None or deployment.status != Status.BUILDING:
@@ -221,14 +242,20 @@ async def start_rollback(
     actor: str,
     reason: str,
 ) -> None:
-    """``-> rolling_back``: a new manifest per target pointing at its previous bundle (no commit)."""
-    transition(session, deployment, Status.ROLLING_BACK, actor=actor, reason=reason)
+    """``-> rolling_back``: a new manifest per target pointing at its previous bundle (no commit).
+
+    Idempotent: a deployment already rolling back gets no second set of manifests.
+    """
+    if not transition(session, deployment, Status.ROLLING_BACK, actor=actor, reason=reason):
+        return
     targets = list(
         await session.scalars(
-            select(DeploymentTargetRow).where(
+            select(DeploymentTargetRow)
+            .where(
                 DeploymentTargetRow.deployment_id == deployment.id,
                 DeploymentTargetRow.phase == DEPLOY,
             )
+            .order_by(DeploymentTargetRow.agent_id)  # the same lock order as the rollout
         )
     )
     issued = 0

@@ -13,6 +13,7 @@ from controlplane.db.models import (
     DeploymentEventRow,
     DeploymentRow,
     DeploymentTargetRow,
+    EnvironmentRow,
 )
 from controlplane.deployments.lifecycle import IN_FLIGHT, Status, record_creation
 from controlplane.deployments.rollout import ROLLOUT_JOB, start_rollback
@@ -118,6 +119,10 @@ async def create_deployment(
     env = await where.resolve(session, caller, Role.DEPLOYER)
     if (data.config_bundle_id is None) == (data.pipeline_version_id is None):
         raise BadRequest("Give exactly one of config_bundle_id and pipeline_version_id")
+    # Lock the environment so concurrent creations count one after another (PostgreSQL).
+    await session.execute(
+        select(EnvironmentRow.id).where(EnvironmentRow.id == env.id).with_for_update()
+    )
     in_flight = await session.scalar(
         select(func.count())
         .select_from(DeploymentRow)

@@ -97,12 +97,15 @@ def parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
-async def _draft_row(session: AsyncSession, env_id: str, draft_id: str) -> PipelineDraftRow:
-    row = await session.scalar(
-        select(PipelineDraftRow).where(
-            PipelineDraftRow.id == draft_id, PipelineDraftRow.env_id == env_id
-        )
+async def _draft_row(
+    session: AsyncSession, env_id: str, draft_id: str, *, for_update: bool = False
+) -> PipelineDraftRow:
+    statement = select(PipelineDraftRow).where(
+        PipelineDraftRow.id == draft_id, PipelineDraftRow.env_id == env_id
     )
+    if for_update:  # If-Match checks must not race (PostgreSQL; SQLite is serial already)
+        statement = statement.with_for_update()
+    row = await session.scalar(statement)
     if row is None:
         raise NotFound(f"No draft {draft_id} in environment {env_id}")
     return row
@@ -169,7 +172,7 @@ async def update_draft(
     """Change a draft and bump its revision; a stale ``If-Match`` revision is a 412."""
     env = await where.resolve(session, caller, Role.DEPLOYER)
     expected = parse_if_match(if_match)
-    row = await _draft_row(session, env.id, draft_id)
+    row = await _draft_row(session, env.id, draft_id, for_update=True)
     if expected is not None and expected != row.revision:
         raise PreconditionFailed(
             f"Draft {draft_id} is at revision {row.revision}, not {expected}; fetch it and retry"
@@ -210,7 +213,7 @@ async def promote_draft(
     """Store the draft's current plan as the next immutable version (422 if it is invalid)."""
     env = await where.resolve(session, caller, Role.DEPLOYER)
     expected = parse_if_match(if_match)
-    row = await _draft_row(session, env.id, draft_id)
+    row = await _draft_row(session, env.id, draft_id, for_update=True)
     if expected is not None and expected != row.revision:
         raise PreconditionFailed(
             f"Draft {draft_id} is at revision {row.revision}, not {expected}; fetch it and retry"
