@@ -20,6 +20,9 @@ from controlplane.agents.routes import (
     EnrollmentTokenController,
 )
 from controlplane.approvals.service import EXPIRY_JOB, expire_approvals
+from controlplane.artifacts.ingest import ingest_artifact
+from controlplane.artifacts.routes import ArtifactController, upload_artifact
+from controlplane.artifacts.upload import INGEST_JOB
 from controlplane.auth.middleware import AuthenticationMiddleware
 from controlplane.auth.routes import MeController, TokenController
 from controlplane.blobs import BlobStore
@@ -73,6 +76,7 @@ def job_handlers() -> dict[str, JobHandler]:
         ROLLOUT_JOB: run_rollout,
         DEADLINE_JOB: enforce_deadline,
         EXPIRY_JOB: expire_approvals,
+        INGEST_JOB: ingest_artifact,
     }
 
 
@@ -183,6 +187,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AgentRuntimeController,
             DeploymentController,
             ApprovalController,
+            ArtifactController,
+            upload_artifact,
         ],
         dependencies=dependencies,
         middleware=[MetricsMiddleware, AddressThrottleMiddleware, auth, CredentialLimitMiddleware],

@@ -38,6 +38,7 @@ __all__ = [
     "Forbidden",
     "Invalid",
     "NotFound",
+    "PayloadTooLarge",
     "PreconditionFailed",
     "TooManyRequests",
     "Unauthorized",
@@ -101,6 +102,12 @@ class PreconditionFailed(DomainError):
     status_code = 412
     title = "Precondition Failed"
     slug = "precondition-failed"
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    title = "Content Too Large"
+    slug = "payload-too-large"
 
 
 class TooManyRequests(DomainError):

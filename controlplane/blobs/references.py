@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from controlplane.db.models import ConfigBundleRow, EnvironmentRow
+from controlplane.db.models import ArtifactRow, ConfigBundleRow, EnvironmentRow
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,13 +20,19 @@ async def digests_under(
     session: AsyncSession, *, project_id: str | None = None, env_id: str | None = None
 ) -> set[str]:
     """Blob digests referenced by rows under a project or an environment."""
-    statement = select(ConfigBundleRow.digest).where(ConfigBundleRow.digest.is_not(None))
-    if env_id is not None:
-        statement = statement.where(ConfigBundleRow.env_id == env_id)
-    elif project_id is not None:
-        envs = select(EnvironmentRow.id).where(EnvironmentRow.project_id == project_id)
-        statement = statement.where(ConfigBundleRow.env_id.in_(envs))
-    return {d for d in await session.scalars(statement) if d}
+    found: set[str] = set()
+    for column, env_column in (
+        (ConfigBundleRow.digest, ConfigBundleRow.env_id),
+        (ArtifactRow.digest, ArtifactRow.env_id),
+    ):
+        statement = select(column).where(column.is_not(None))
+        if env_id is not None:
+            statement = statement.where(env_column == env_id)
+        elif project_id is not None:
+            envs = select(EnvironmentRow.id).where(EnvironmentRow.project_id == project_id)
+            statement = statement.where(env_column.in_(envs))
+        found |= {d for d in await session.scalars(statement) if d}
+    return found
 
 
 async def collect_garbage(session: AsyncSession, blobs: BlobStore, digests: set[str]) -> int:
@@ -37,6 +43,8 @@ async def collect_garbage(session: AsyncSession, blobs: BlobStore, digests: set[
         await session.scalars(
             select(ConfigBundleRow.digest).where(ConfigBundleRow.digest.in_(digests))
         )
+    ) | set(
+        await session.scalars(select(ArtifactRow.digest).where(ArtifactRow.digest.in_(digests)))
     )
     removed = 0
     for digest in digests - still:

@@ -53,6 +53,23 @@ class BlobStore:
             raise
         return digest, len(data)
 
+    def staging_file(self) -> Path:
+        """A new empty temporary file on the blob store's filesystem (rename-able into place)."""
+        staging = self.root / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=staging, prefix="upload-")
+        os.close(fd)
+        return Path(name)
+
+    def adopt(self, staged: Path, digest: str) -> None:
+        """Move a fully written, fsynced staged file into place under ``digest`` (idempotent)."""
+        target = self.path_for(digest)
+        if target.exists():
+            staged.unlink(missing_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(target)
+
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
 

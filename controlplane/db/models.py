@@ -30,6 +30,7 @@ __all__ = [
     "AgentRow",
     "ApiTokenRow",
     "ApprovalRow",
+    "ArtifactRow",
     "Base",
     "ConfigBundleRow",
     "DeploymentEventRow",
@@ -473,4 +474,42 @@ class ApprovalRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow, nullable=False
+    )
+
+
+class ArtifactRow(TimestampedMixin, Base):
+    """An immutable file an agent captured (incident bundle or telemetry), stored by digest."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (
+        UniqueConstraint(
+            "agent_id", "idempotency_key", name="uq_artifacts_agent_id_idempotency_key"
+        ),
+        Index("ix_artifacts_agent_id_digest", "agent_id", "digest"),
+        Index("ix_artifacts_env_id", "env_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False
+    )
+    agent_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    digest: Mapped[str] = mapped_column(String(80), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    captured_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    spec_hash: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    signature: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    ingest: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
+    pipeline_version_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("pipeline_versions.id", ondelete="SET NULL"), nullable=True
     )
