@@ -21,6 +21,7 @@ from controlplane.agents.routes import (
 )
 from controlplane.approvals.service import EXPIRY_JOB, expire_approvals
 from controlplane.artifacts.ingest import ingest_artifact
+from controlplane.artifacts.replays import REPLAY_JOB, run_replay
 from controlplane.artifacts.routes import ArtifactController, upload_artifact
 from controlplane.artifacts.upload import INGEST_JOB
 from controlplane.auth.middleware import AuthenticationMiddleware
@@ -77,6 +78,7 @@ def job_handlers() -> dict[str, JobHandler]:
         DEADLINE_JOB: enforce_deadline,
         EXPIRY_JOB: expire_approvals,
         INGEST_JOB: ingest_artifact,
+        REPLAY_JOB: run_replay,
     }
 
 

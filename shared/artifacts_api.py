@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from shared.base import RestOutput
+from msgspec import Meta
 
-__all__ = ["Artifact"]
+from shared.base import RestInput, RestOutput
+
+__all__ = ["Artifact", "Replay", "ReplayCreate"]
 
 
 class Artifact(RestOutput):
@@ -25,4 +27,27 @@ class Artifact(RestOutput):
     status: str
     ingest: dict[str, Any] | None
     pipeline_version_id: str | None
+    created_at: datetime
+
+
+class ReplayCreate(RestInput):
+    mode: Literal["dry_run", "execute"] = "dry_run"
+    last_n: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+
+
+class Replay(RestOutput):
+    """A replay job; ``audit`` is the replay audit v1 document once ``completed``."""
+
+    id: str
+    artifact_id: str
+    environment_id: str
+    pipeline_version_id: str
+    mode: str
+    last_n: int | None
+    status: str
+    requested_by: str | None
+    approved_by: str | None
+    audit: dict[str, Any] | None
+    audit_sha256: str | None
+    error: str | None
     created_at: datetime

@@ -27,6 +27,7 @@ PREFIXES: Final = frozenset(
         "tok",
         "agt",
         "agk",
+        "rpl",
         "enr",
         "drf",
         "ver",

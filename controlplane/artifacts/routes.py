@@ -7,16 +7,16 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import File
 
-from controlplane.artifacts import service
+from controlplane.artifacts import replays, service
 from controlplane.artifacts.upload import MAX_UPLOAD_BODY, receive_upload
 from controlplane.auth.principal import AgentPrincipal
 from controlplane.deps import Blobs, Caller, DbSession, Paging
 from controlplane.pipelines.service import EnvPath
 from shared.artifacts import ArtifactReceipt
-from shared.artifacts_api import Artifact
+from shared.artifacts_api import Artifact, Replay, ReplayCreate
 from shared.resources import Page
 
 __all__ = ["ArtifactController", "upload_artifact"]
@@ -90,6 +90,77 @@ class ArtifactController(Controller):
         return await service.get_artifact(
             session, caller, EnvPath(org_id, project_id, env_id), artifact_id
         )
+
+    @post(
+        "/{artifact_id:str}/replay",
+        status_code=202,
+        summary="Replay an incident deterministically through its pipeline version (deployer)",
+        description=(
+            "dry_run never needs an approval; execute needs one from the approver role where "
+            "the environment requires approvals (the replay waits in pending_approval)."
+        ),
+    )
+    async def replay(
+        self,
+        state: State,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        artifact_id: FromPath[str],
+        data: JSONBody[ReplayCreate | None] = None,
+    ) -> Replay:
+        created = await replays.request_replay(
+            session,
+            caller,
+            EnvPath(org_id, project_id, env_id),
+            artifact_id,
+            data or ReplayCreate(),
+        )
+        worker = state.get("worker")
+        if worker is not None:
+            worker.notify()
+        return created
+
+    @get("/{artifact_id:str}/replays/{replay_id:str}", summary="A replay and its audit (viewer)")
+    async def get_replay(
+        self,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        artifact_id: FromPath[str],
+        replay_id: FromPath[str],
+    ) -> Replay:
+        return await replays.get_replay(
+            session, caller, EnvPath(org_id, project_id, env_id), artifact_id, replay_id
+        )
+
+    @post(
+        "/{artifact_id:str}/replays/{replay_id:str}/approve",
+        status_code=200,
+        summary="Approve an execute replay (the environment's approver role)",
+    )
+    async def approve_replay(
+        self,
+        state: State,
+        session: DbSession,
+        caller: Caller,
+        org_id: FromPath[str],
+        project_id: FromPath[str],
+        env_id: FromPath[str],
+        artifact_id: FromPath[str],
+        replay_id: FromPath[str],
+    ) -> Replay:
+        approved = await replays.approve_replay(
+            session, caller, EnvPath(org_id, project_id, env_id), artifact_id, replay_id
+        )
+        worker = state.get("worker")
+        if worker is not None:
+            worker.notify()
+        return approved
 
     @get(
         "/{artifact_id:str}/content",

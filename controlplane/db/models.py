@@ -45,6 +45,7 @@ __all__ = [
     "PipelineDraftRow",
     "PipelineVersionRow",
     "ProjectRow",
+    "ReplayRow",
     "SigningKeyRow",
     "UserRow",
 ]
@@ -513,3 +514,31 @@ class ArtifactRow(TimestampedMixin, Base):
     pipeline_version_id: Mapped[str | None] = mapped_column(
         ID, ForeignKey("pipeline_versions.id", ondelete="SET NULL"), nullable=True
     )
+
+
+class ReplayRow(TimestampedMixin, Base):
+    """A deterministic replay of an incident artifact through the pipeline version behind it."""
+
+    __tablename__ = "replays"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    env_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    artifact_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("artifacts.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    pipeline_version_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("pipeline_versions.id", ondelete="CASCADE"), nullable=False
+    )
+    mode: Mapped[str] = mapped_column(String(16), nullable=False)
+    last_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(24), nullable=False)
+    requested_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    approved_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    audit: Mapped[str | None] = mapped_column(Text, nullable=True)
+    audit_sha256: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
