@@ -25,6 +25,7 @@ __all__ = [
     "Heartbeat",
     "HeartbeatResponse",
     "Resources",
+    "SpoolStats",
 ]
 
 #: Every scope an agent key can carry; each agent route requires one.
@@ -85,6 +86,14 @@ class Resources(Message):
     boot_time_unix: BigInt = 0
 
 
+class SpoolStats(Message):
+    """The agent's artifact spool: what waits for upload and what was dropped to stay bounded."""
+
+    files: BigInt = 0
+    bytes: BigInt = 0
+    dropped: dict[str, BigInt] = msgspec.field(default_factory=dict)
+
+
 class Heartbeat(Message):
     """Body of ``POST /api/v1/agents/{id}/heartbeat``."""
 
@@ -97,6 +106,7 @@ class Heartbeat(Message):
     active_bundle_digest: Digest | None = None
     keyset_version: BigInt = 0
     resources: Resources = msgspec.field(default_factory=Resources)
+    spool: SpoolStats | None = None
 
 
 class HeartbeatResponse(Message):
@@ -125,4 +135,5 @@ class AgentRecord(Message):
     active_deployment_id: str | None = None
     active_bundle_digest: str | None = None
     resources: Resources | None = None
+    spool: SpoolStats | None = None
     created_at: datetime | None = None

@@ -50,6 +50,7 @@ class PendingHeartbeat:
             "active_deployment_id": hb.active_deployment_id,
             "active_bundle_digest": hb.active_bundle_digest,
             "resources": msgspec.to_builtins(hb.resources),
+            "spool": msgspec.to_builtins(hb.spool) if hb.spool is not None else None,
         }
 
 

@@ -12,7 +12,14 @@ from controlplane.db.models import AgentRow, DeploymentTargetRow, KeySetRow
 from controlplane.db.types import utcnow
 from controlplane.errors import NotFound
 from controlplane.pagination import fetch_page
-from shared.agents import AgentRecord, AgentStatus, Heartbeat, HeartbeatResponse, Resources
+from shared.agents import (
+    AgentRecord,
+    AgentStatus,
+    Heartbeat,
+    HeartbeatResponse,
+    Resources,
+    SpoolStats,
+)
 from shared.agents_admin import AgentKeyRotated
 from shared.resources import Page
 from shared.roles import Role
@@ -62,6 +69,7 @@ def agent_record(
         "active_deployment_id": row.active_deployment_id,
         "active_bundle_digest": row.active_bundle_digest,
         "resources": row.resources,
+        "spool": row.spool,
     }
     pending = buffer.pending(row.id)
     if pending is not None:
@@ -82,6 +90,7 @@ def agent_record(
         active_deployment_id=values["active_deployment_id"],  # type: ignore[arg-type]
         active_bundle_digest=values["active_bundle_digest"],  # type: ignore[arg-type]
         resources=msgspec.convert(resources, Resources) if resources else None,
+        spool=msgspec.convert(values["spool"], SpoolStats) if values["spool"] else None,
         created_at=row.created_at,
     )
 

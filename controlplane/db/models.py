@@ -350,6 +350,7 @@ class AgentRow(TimestampedMixin, Base):
     active_deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
     active_bundle_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
     resources: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
+    spool: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
     #: The last deployment manifest sequence issued to this agent (monotonic per agent).
     manifest_sequence: Mapped[int] = mapped_column(
         BigInteger, nullable=False, default=0, server_default="0"

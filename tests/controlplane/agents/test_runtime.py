@@ -241,3 +241,17 @@ async def test_app_shutdown_flushes_buffered_heartbeats(tmp_path: Any) -> None:
             assert row.last_sequence == 42
     finally:
         await reopened.dispose()
+
+
+async def test_heartbeat_reports_the_spool(stack: Stack, tree: Tree) -> None:
+    agent = await enrolled_agent(stack, tree)
+    body = heartbeat(3) | {"spool": {"files": 4, "bytes": 4096, "dropped": {"telemetry": 2}}}
+    await stack.ok(
+        "POST",
+        f"/api/v1/agents/{agent['agent_id']}/heartbeat",
+        headers=agent_headers(agent),
+        json=body,
+    )
+    await stack.app.state.heartbeats.flush()
+    record = await stack.ok("GET", f"{tree.env_path}/agents/{agent['agent_id']}", tree.owner)
+    assert record["spool"] == {"files": 4, "bytes": 4096, "dropped": {"telemetry": 2}}
