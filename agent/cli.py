@@ -1,7 +1,8 @@
-"""``byteor-agent``: enroll a host, run the daemon, show its status.
+"""``byteor-agent``: enroll a host, run the daemon, show its status, spool an artifact.
 
-Exit codes: 0 success; 1 the control plane refused or could not be reached; 2 bad settings or
-usage; 3 not enrolled (``status``).
+Exit codes: 0 success; 1 the control plane refused or could not be reached (or the spool refused
+the artifact); 2 bad settings or usage (including a missing file or a bad ``--kind``); 3 not
+enrolled (``status``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from agent.daemon import Agent
 from agent.enrollment import EnrollmentError, ensure_enrolled
 from agent.errors import AgentError
 from agent.settings import AgentSettings, LocalSettings
+from agent.spool import SpoolError
 from agent.state import load_state
 from agent.status import read_status
+from agent.uploads import open_spool
 from shared import __version__
+from shared.artifacts import ARTIFACT_KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -111,6 +115,7 @@ def _status(state_dir: Path, as_json: bool) -> int:
             "active_bundle_digest": runtime.active_bundle_digest,
             "spool_files": runtime.spool_files,
             "spool_bytes": runtime.spool_bytes,
+            "dropped_artifacts": runtime.dropped_artifacts,
         }
     if as_json:
         print(msgspec.json.encode(info).decode())  # noqa: T201
@@ -119,6 +124,23 @@ def _status(state_dir: Path, as_json: bool) -> int:
         for key, value in info.items():
             shown = value.isoformat() if hasattr(value, "isoformat") else value
             print(f"{key:<{width}}  {'-' if shown is None else shown}")  # noqa: T201
+    return 0
+
+
+def _upload(local: LocalSettings, file: Path, kind: str) -> int:
+    """Copy ``file`` into the spool; the daemon uploads it (no network needed here)."""
+    if not file.is_file():
+        print(f"byteor-agent upload: {file}: no such file", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    state = load_state(local.state_dir)
+    spool = open_spool(local.state_dir, local.spool_max_bytes, local.spool_max_files)
+    entry = spool.add(
+        file,
+        kind,
+        deployment_id=state.active_deployment_id if state else None,
+        spec_hash=state.active_spec_hash if state else None,
+    )
+    print(entry.entry_id)  # noqa: T201
     return 0
 
 
@@ -134,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the daemon (enrolls first if needed)")
     status = commands.add_parser("status", help="show the agent's identity and last heartbeat")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    upload = commands.add_parser(
+        "upload", help="spool a file for upload by the daemon (prints the spool entry id)"
+    )
+    upload.add_argument("file", type=Path, help="the file to upload (copied into the spool)")
+    upload.add_argument("--kind", required=True, choices=ARTIFACT_KINDS, help="artifact kind")
     return parser
 
 
@@ -147,6 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(local.state_dir, args.json)
         except AgentError as exc:
             print(f"byteor-agent status: {exc}", file=sys.stderr)  # noqa: T201
+            return EXIT_FAILED
+    if args.command == "upload":
+        local = LocalSettings.from_env(args.env_file)
+        try:
+            return _upload(local, args.file, args.kind)
+        except (SpoolError, AgentError, OSError) as exc:
+            print(f"byteor-agent upload: {exc}", file=sys.stderr)  # noqa: T201
             return EXIT_FAILED
     settings = _settings(args.env_file)
     if settings is None:

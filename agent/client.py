@@ -31,6 +31,7 @@ from agent.errors import (
 from agent.retry import DEFAULT_BACKOFF_MULTIPLIER, Sleep, build_retrying, parse_retry_after
 from shared import __version__
 from shared.agents import AgentRecord, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse
+from shared.artifacts import ArtifactMetadata, ArtifactReceipt
 from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
     from types import TracebackType
+
+    from httpx._types import RequestFiles
 
     from agent.settings import AgentSettings
 
@@ -74,6 +77,7 @@ _RECORD: Final = msgspec.json.Decoder(AgentRecord)
 _HEARTBEAT: Final = msgspec.json.Decoder(HeartbeatResponse)
 _ENVELOPE: Final = msgspec.json.Decoder(Envelope)
 _DEPLOYMENT: Final = msgspec.json.Decoder(AgentDeployment)
+_RECEIPT: Final = msgspec.json.Decoder(ArtifactReceipt)
 #: Most bytes of an error response body read during a streamed download.
 _MAX_ERROR_BODY: Final = 64 * 1024
 _DOWNLOAD_FILE_MODE: Final = 0o600
@@ -324,6 +328,47 @@ class ControlPlaneClient:
 
         await self._retry(attempt)
 
+    async def upload_artifact(
+        self, metadata: ArtifactMetadata, data_path: Path
+    ) -> tuple[ArtifactReceipt, bool]:
+        """Upload one artifact as ``multipart/form-data``, streaming the file from disk.
+
+        The ``metadata`` part (``application/json``) is sent first, then the ``file`` part
+        (``application/octet-stream``), read in chunks while it is sent. Uploads are idempotent
+        (the control plane answers a repeated ``idempotency_key`` with the stored artifact), so
+        timeouts and 5xx are retried; 429 waits for ``Retry-After``.
+
+        Args:
+            metadata: The signed metadata (see :func:`shared.artifacts.sign_metadata`).
+            data_path: The artifact's bytes; reopened for every attempt.
+
+        Returns:
+            The receipt and whether the control plane already had the artifact (200 rather
+            than 201).
+
+        Raises:
+            RequestRejected: 400 (bad metadata or signature) and 413 (too large): permanent.
+            OSError: If ``data_path`` cannot be read.
+            AgentError: A subclass per other failure (see :mod:`agent.errors`).
+        """
+        path, credential = self._agent_route("/artifacts")
+        what = f"POST {path}"
+        encoded = _ENCODER.encode(metadata)
+
+        async def attempt() -> tuple[ArtifactReceipt, bool]:
+            # Opening a local file is quick; httpx then reads it in 64 KiB chunks while sending.
+            with data_path.open("rb") as handle:
+                files: list[tuple[str, tuple[str | None, bytes | BinaryIO, str]]] = [
+                    ("metadata", (None, encoded, "application/json")),
+                    ("file", (metadata.filename, handle, "application/octet-stream")),
+                ]
+                response = await self._request("POST", path, credential, files=files)
+            self._raise_for_status(response, what, credential)
+            receipt = self._decode(response, _RECEIPT, what)
+            return receipt, response.status_code == 200 or receipt.duplicate
+
+        return await self._retry(attempt)
+
     async def _stream_to(
         self, path: str, credential: _Credential, destination: Path, max_bytes: int
     ) -> int:
@@ -427,8 +472,12 @@ class ControlPlaneClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         http_timeout: float | None = None,
+        files: RequestFiles | None = None,
     ) -> httpx.Response:
-        """Send one request; transport failures become :mod:`agent.errors`."""
+        """Send one request; transport failures become :mod:`agent.errors`.
+
+        ``files`` sends a ``multipart/form-data`` body (parts in list order) instead of ``body``.
+        """
         what = f"{method} {path}"
         all_headers = {**(headers or {}), "Authorization": f"Bearer {credential.secret}"}
         if body is not None:
@@ -436,10 +485,16 @@ class ControlPlaneClient:
         try:
             if http_timeout is None:
                 return await self._http.request(
-                    method, path, content=body, params=params, headers=all_headers
+                    method, path, content=body, params=params, headers=all_headers, files=files
                 )
             return await self._http.request(
-                method, path, content=body, params=params, headers=all_headers, timeout=http_timeout
+                method,
+                path,
+                content=body,
+                params=params,
+                headers=all_headers,
+                files=files,
+                timeout=http_timeout,
             )
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
             raise TransientError(

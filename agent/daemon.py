@@ -9,7 +9,12 @@ Jobs (APScheduler, ``max_instances=1``, ``coalesce=True``, jittered):
   (:class:`~agent.deployments.DeploymentChecker`); it reschedules itself about a second after each
   long-poll returns (later while the control plane fails), and a heartbeat announcing
   ``deployment_pending`` runs it at once;
+- uploads: move finished files from ``<state_dir>/outbox/`` into the spool and upload spooled
+  artifacts (:class:`~agent.uploads.Uploader`), every ``upload_interval_seconds``;
 - watchdog: ping systemd at half its ``WatchdogSec``.
+
+The spool's size and the artifacts dropped to keep it bounded are written to ``status.json``
+(and sent with heartbeats once :class:`~shared.agents.Heartbeat` has the fields).
 
 Readiness (``READY=1``) is sent after the first successful heartbeat, or after the first failed
 one when the control plane is unreachable, so a host boots even while the control plane is down.
@@ -29,7 +34,7 @@ import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -37,12 +42,14 @@ from agent.activation import Activator
 from agent.deployments import DeploymentChecker
 from agent.enrollment import ensure_enrolled
 from agent.errors import AgentError, Forbidden, Unauthorized
+from agent.identity import load_or_create_identity
 from agent.metrics import prime_cpu_sampling, sample_resources
 from agent.state import AgentState, save_state
 from agent.status import RuntimeStatus, write_status
 from agent.systemd import SystemdNotifier
+from agent.uploads import Uploader, open_spool
 from shared import __version__
-from shared.agents import Heartbeat, HeartbeatResponse
+from shared.agents import Heartbeat, HeartbeatResponse, SpoolStats
 from shared.signing import VerificationError, decode_keyset, verify_keyset_update
 
 if TYPE_CHECKING:
@@ -81,6 +88,10 @@ class Agent:
         self.status = RuntimeStatus(pid=os.getpid(), started_at=datetime.now(UTC))
         self.activator = Activator(settings)
         self.deployments = DeploymentChecker(settings, client, self.activator, lambda: self.state)
+        self.spool = open_spool(
+            settings.state_dir, settings.spool_max_bytes, settings.spool_max_files
+        )
+        self.uploader: Uploader | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -95,6 +106,10 @@ class Agent:
         if recovered is not None:
             self.deployments.queue(recovered)  # reported once the control plane answers
         self._sync_deployment_status()
+        identity = load_or_create_identity(self.settings.state_dir)
+        self.uploader = Uploader(
+            self.settings, self.client, self.spool, identity, lambda: self.state
+        )
         self.notifier.status(f"{'enrolled' if enrolled else 'starting'} as {state.agent_id}")
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler = scheduler
@@ -126,6 +141,16 @@ class Agent:
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(UTC),
+        )
+        upload_interval = self.settings.upload_interval_seconds
+        scheduler.add_job(
+            self.upload_artifacts,
+            "interval",
+            id="uploads",
+            seconds=upload_interval,
+            jitter=upload_interval * JITTER_FRACTION,
+            max_instances=1,
+            coalesce=True,
         )
         if self.notifier.watchdog_interval:
             scheduler.add_job(
@@ -159,7 +184,25 @@ class Agent:
         self._sequence = max(self._sequence + 1, time.time_ns() // 1_000_000)
         return self._sequence
 
-    def _heartbeat_body(self) -> Heartbeat:
+    def _spool_report(self) -> dict[str, Any]:
+        """Spool size and unreported drops; also copied into the status."""
+        files, size = self.spool.stats()
+        try:
+            dropped = self.spool.drop_counts()
+        except OSError as exc:
+            logger.warning("cannot read the spool's drop counts: %s", exc)
+            dropped = dict(self.status.dropped_artifacts)
+        self.status.spool_files, self.status.spool_bytes = files, size
+        self.status.dropped_artifacts = dropped
+        return {"spool_files": files, "spool_bytes": size, "dropped_artifacts": dropped}
+
+    def _heartbeat_body(self, spool: dict[str, Any] | None = None) -> Heartbeat:
+        report = spool or {}
+        stats = SpoolStats(
+            files=int(report.get("spool_files", 0)),
+            bytes=int(report.get("spool_bytes", 0)),
+            dropped=dict(report.get("dropped_artifacts") or {}),
+        )
         return Heartbeat(
             sequence=self._next_sequence(),
             agent_version=__version__,
@@ -170,14 +213,17 @@ class Agent:
             active_bundle_digest=self.state.active_bundle_digest if self.state else None,
             keyset_version=self.state.keyset_version if self.state else 0,
             resources=sample_resources(self.settings.state_dir),
+            spool=stats,
         )
 
     async def send_heartbeat(self) -> None:
         """One heartbeat; never raises (errors are logged and reflected in the status)."""
         if self.state is None:
             return
+        spool = await asyncio.to_thread(self._spool_report)
+        body = self._heartbeat_body(spool)
         try:
-            response = await self.client.heartbeat(self._heartbeat_body())
+            response = await self.client.heartbeat(body)
         except Unauthorized as exc:
             await self._on_unauthorized(exc)
             return
@@ -187,6 +233,12 @@ class Agent:
         except AgentError as exc:
             self._record_failure("offline", str(exc))
             return
+        reported: dict[str, int] = dict(body.spool.dropped) if body.spool else {}
+        if reported:  # the control plane has them now: count only newer drops from here on
+            try:
+                await asyncio.to_thread(self.spool.acknowledge_drops, reported)
+            except OSError as exc:
+                logger.warning("cannot reset the spool's drop counts: %s", exc)
         await self._on_heartbeat(response)
 
     async def _on_heartbeat(self, response: HeartbeatResponse) -> None:
@@ -284,6 +336,17 @@ class Agent:
             self._sync_deployment_status()
             self._write_status()
             self._schedule_deployment(self.deployments.next_delay)
+
+    async def upload_artifacts(self) -> None:
+        """One upload round (outbox, then spool), then refresh the spool status; never raises."""
+        if self.uploader is None:
+            return
+        try:
+            await self.uploader.upload_pending()
+        except Exception:  # a bug must not kill the job
+            logger.exception("artifact upload round failed")
+        await asyncio.to_thread(self._spool_report)
+        self._write_status()
 
     def trigger_deployment_check(self) -> None:
         """Run the deployment job now, unless a long-poll is already waiting."""

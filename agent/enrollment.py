@@ -8,7 +8,8 @@ Order of precedence:
 2. A state file exists: the agent is enrolled; the enrollment token is ignored.
 3. Otherwise enroll with ``BYTEOR_ENROLLMENT_TOKEN`` into ``BYTEOR_ORG_ID`` /
    ``BYTEOR_PROJECT_ID`` / ``BYTEOR_ENVIRONMENT_ID`` and persist the result atomically (0600)
-   before anything else happens, so the token is never needed again.
+   before anything else happens, so the token is never needed again. The agent's signing key
+   (:mod:`agent.identity`) is created first and its public half sent as ``public_key``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from agent.errors import PermanentError
+from agent.identity import load_or_create_identity, public_key_b64
 from agent.state import AgentState, load_state, save_state
 from shared import __version__
 from shared.agents import EnrollRequest
@@ -99,13 +101,19 @@ async def ensure_enrolled(
     project_id, environment_id = settings.project_id, settings.environment_id
     if token is None or org_id is None or project_id is None or environment_id is None:
         raise EnrollmentError("enrollment settings vanished")  # pragma: no cover - checked above
+    # The signing key exists before enrolling: the control plane stores its public half and
+    # verifies every artifact upload against it.
+    identity = load_or_create_identity(settings.state_dir)
     response = await client.enroll(
         token.get_secret_value(),
         org_id,
         project_id,
         environment_id,
         EnrollRequest(
-            name=settings.agent_name, hostname=socket.gethostname(), agent_version=__version__
+            name=settings.agent_name,
+            hostname=socket.gethostname(),
+            public_key=public_key_b64(identity),
+            agent_version=__version__,
         ),
     )
     keyset = decode_keyset(response.signing_keys)

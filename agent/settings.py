@@ -94,6 +94,17 @@ class AgentSettings(BaseSettings):
     activation_timeout_seconds: float = Field(
         default=60.0, gt=0, description="Timeout of the activation command of a new bundle."
     )
+    spool_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Most bytes of artifacts kept in the upload spool; the oldest are dropped.",
+    )
+    spool_max_files: int = Field(
+        default=10_000, gt=0, description="Most artifacts kept in the upload spool."
+    )
+    upload_interval_seconds: float = Field(
+        default=10.0, ge=1, description="Seconds between artifact upload rounds."
+    )
     crash_after_step: str | None = Field(
         default=None,
         description=(
@@ -141,6 +152,11 @@ class LocalSettings(BaseSettings):
         default=DEFAULT_STATE_DIR,
         description="Directory holding the agent's private state (agent.json).",
     )
+
+    spool_max_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Most bytes kept in the upload spool."
+    )
+    spool_max_files: int = Field(default=10_000, gt=0, description="Most artifacts spooled.")
 
     @classmethod
     def from_env(cls, env_file: Path | None = None) -> LocalSettings:

@@ -32,6 +32,8 @@ class RuntimeStatus(msgspec.Struct, kw_only=True):
     active_bundle_digest: str | None = None
     spool_files: int = 0
     spool_bytes: int = 0
+    #: Artifacts dropped from the full spool, per kind, not yet reported to the control plane.
+    dropped_artifacts: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def write_status(state_dir: Path, status: RuntimeStatus) -> None:

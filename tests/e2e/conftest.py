@@ -63,14 +63,16 @@ GENEROUS_RATE_LIMITS = {
 }
 
 
-def start_server(cwd: Path, env: dict[str, str] | None = None, *, limits: bool = False) -> Server:
-    """Start ``byteor-controlplane serve`` on a free port; ``limits`` keeps the real budgets."""
-    port = free_port()
+def start_server(
+    cwd: Path, env: dict[str, str] | None = None, *, limits: bool = False, port: int | None = None
+) -> Server:
+    """Start ``byteor-controlplane serve`` (on ``port`` or a free one); ``limits`` keeps budgets."""
+    port = port or free_port()
     env = env or clean_env()
     if not limits:
         env = {**GENEROUS_RATE_LIMITS, **env}
     log = cwd / "server.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(
             [console_script("byteor-controlplane"), "serve", "--port", str(port)],
             cwd=cwd,
