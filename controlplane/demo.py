@@ -184,6 +184,71 @@ def _deploy_with_approval(
     say(f"      agent {agent_id} runs {spec.splitlines()[1] if spec else 'nothing'} again")
 
 
+def _incident_bundle(spec_path: Path, target: Path) -> None:
+    """A small incident bundle v1 captured against the spec the agent runs."""
+    import io
+    import json
+    import tarfile
+
+    journal = "\n".join(
+        json.dumps({"seq": i, "lane": "in", "key": f"account-{i % 3}", "payload": f"order {i}"})
+        for i in range(8)
+    )
+    files = {
+        "spec.kv": spec_path.read_bytes(),
+        "spec_validation.json": b'{"ok": true, "diagnostics": []}',
+        "runtime.json": b'{"uptime_s": 42}',
+        "policy_audit.json": b'{"decisions": []}',
+        "environment.json": b'{"hostname": "demo"}',
+        "journal.jsonl": journal.encode(),
+    }
+    with tarfile.open(target, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"incident/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _upload_and_replay(
+    api: _Api, env_path: str, agent_env: dict[str, str], say: Callable[[str], None], root: Path
+) -> None:
+    bundle = root / "incident.tar.gz"
+    _incident_bundle(root / "agent" / "spec.kv", bundle)
+    subprocess.run(  # noqa: S603 - our own console script
+        [_script("byteor-agent"), "upload", str(bundle), "--kind", "incident"],
+        env=agent_env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    say("[+] the agent spooled an incident bundle; its upload job sends it (signed) ...")
+
+    def valid() -> dict[str, Any] | None:
+        items = api.call("GET", f"{env_path}/artifacts", params={"kind": "incident"})["items"]
+        return next((a for a in items if a["status"] != "received"), None)
+
+    artifact: dict[str, Any] = _wait(valid, 60, "the incident to be uploaded and ingested")
+    say(
+        f"    artifact {artifact['id']} is {artifact['status']}, "
+        f"matched to pipeline version {artifact['pipeline_version_id']}"
+    )
+    replay = api.call(
+        "POST", f"{env_path}/artifacts/{artifact['id']}/replay", json={"mode": "dry_run"}
+    )
+    path = f"{env_path}/artifacts/{artifact['id']}/replays/{replay['id']}"
+    done: dict[str, Any] = _wait(
+        lambda: (r := api.call("GET", path))["status"] in ("completed", "failed") and r,
+        60,
+        "the replay",
+    )
+    audit = done["audit"] or {}
+    summary = audit.get("input", {})
+    say(
+        f"    replay {done['id']} {done['status']}: {summary.get('scanned_records')} records, "
+        f"{len(audit.get('actions', []))} actions, audit {done['audit_sha256']}"
+    )
+
+
 def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
     """Run the demo; with ``once`` stop as soon as the agent is online, else until Ctrl-C."""
 
@@ -272,6 +337,8 @@ def run_demo(*, once: bool, keep: bool, out: TextIO = sys.stdout) -> int:
                 )
                 say("")
                 _deploy_with_approval(api, org["id"], env_path, record["id"], say, root)
+                say("")
+                _upload_and_replay(api, env_path, agent_env, say, root)
                 if once:
                     return 0
                 say("Heartbeats every 2 s; press Ctrl-C to stop.")

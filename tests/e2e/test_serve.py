@@ -139,4 +139,6 @@ def test_demo_brings_an_agent_online(tmp_path: Path) -> None:
     assert out.count("-> active (every target is active)") == 2
     assert "runs pipeline.name=orders-v2" in out
     assert "-> rolled_back" in out
-    assert out.rstrip().endswith("runs pipeline.name=orders again")
+    assert "runs pipeline.name=orders again" in out
+    assert "is valid, matched to pipeline version ver_" in out
+    assert "completed: 8 records, 24 actions, audit sha256:" in out
