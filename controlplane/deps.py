@@ -8,16 +8,17 @@ from typing import Annotated, Any, TypeAlias
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.auth.principal import Principal
 from controlplane.blobs import BlobStore
 from controlplane.pagination import PageRequest, page_request
+from controlplane.pipelines.service import EnvPath
 from controlplane.settings import Settings
 from controlplane.signing.kek import KeyEncryptionKey
 
-__all__ = ["Blobs", "Caller", "DbSession", "Kek", "Paging", "dependencies"]
+__all__ = ["Blobs", "Caller", "DbSession", "Kek", "Paging", "Where", "dependencies"]
 
 
 #: The request's database session (``session: DbSession``).
@@ -26,6 +27,8 @@ DbSession: TypeAlias = NamedDependency[AsyncSession]
 Caller: TypeAlias = NamedDependency[Principal]
 #: Validated ``?limit=&cursor=`` (``page: Paging``).
 Paging: TypeAlias = NamedDependency[PageRequest]
+#: The ``org/project/environment`` a route addresses (``where: Where``).
+Where: TypeAlias = NamedDependency[EnvPath]
 #: The blob store (``blobs: Blobs``).
 Blobs: TypeAlias = NamedDependency[BlobStore]
 #: The key-encryption key (``kek: Kek``).
@@ -69,7 +72,15 @@ def provide_kek(state: State) -> KeyEncryptionKey:
     return kek
 
 
+def provide_where(
+    org_id: FromPath[str], project_id: FromPath[str], env_id: FromPath[str]
+) -> EnvPath:
+    """The environment path of routes under ``…/environments/{env_id}``."""
+    return EnvPath(org_id, project_id, env_id)
+
+
 dependencies = {
+    "where": Provide(provide_where, sync_to_thread=False),
     "blobs": Provide(provide_blobs, sync_to_thread=False),
     "kek": Provide(provide_kek, sync_to_thread=False),
     "session": Provide(provide_session),

@@ -16,9 +16,8 @@ from controlplane.agents import enrollment, service
 from controlplane.auth.principal import AgentPrincipal, EnrollmentCredential
 from controlplane.db.models import DeploymentTargetRow
 from controlplane.deployments.rollout import apply_report, latest_target
-from controlplane.deps import Blobs, Caller, DbSession, Kek, Paging
+from controlplane.deps import Blobs, Caller, DbSession, Kek, Paging, Where
 from controlplane.errors import NotFound
-from controlplane.pipelines.service import EnvPath
 from controlplane.signing.service import current_keyset
 from shared.agents import AgentRecord, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse
 from shared.agents_admin import (
@@ -52,13 +51,11 @@ class EnrollmentTokenController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         data: JSONBody[EnrollmentTokenCreate | None] = None,
     ) -> EnrollmentTokenCreated:
         created, token = await enrollment.create_token(
-            session, caller, EnvPath(org_id, project_id, env_id), data or EnrollmentTokenCreate()
+            session, caller, where, data or EnrollmentTokenCreate()
         )
         return EnrollmentTokenCreated(
             id=created.id, token=token, expires_at=created.expires_at, max_uses=created.max_uses
@@ -69,25 +66,19 @@ class EnrollmentTokenController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
     ) -> list[EnrollmentToken]:
-        return await enrollment.list_tokens(session, caller, EnvPath(org_id, project_id, env_id))
+        return await enrollment.list_tokens(session, caller, where)
 
     @delete("/{token_id:str}", summary="Revoke an enrollment token (admin)")
     async def revoke_token(
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         token_id: FromPath[str],
     ) -> None:
-        await enrollment.revoke_token(
-            session, caller, EnvPath(org_id, project_id, env_id), token_id
-        )
+        await enrollment.revoke_token(session, caller, where, token_id)
 
 
 class AgentAdminController(Controller):
@@ -105,9 +96,7 @@ class AgentAdminController(Controller):
         request: Request[Any, Any, Any],
         session: DbSession,
         kek: Kek,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         data: JSONBody[EnrollRequest | None] = None,
     ) -> EnrollResponse:
         credential = request.scope.get("user")
@@ -115,7 +104,13 @@ class AgentAdminController(Controller):
         enrollments = request.app.state.metrics.enrollments
         try:
             enrolled = await enrollment.enroll(
-                session, kek, credential.token, org_id, project_id, env_id, data or EnrollRequest()
+                session,
+                kek,
+                credential.token,
+                where.org_id,
+                where.project_id,
+                where.env_id,
+                data or EnrollRequest(),
             )
         except Exception:
             enrollments.labels("refused").inc()
@@ -129,15 +124,13 @@ class AgentAdminController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
     ) -> Page[AgentRecord]:
         return await service.list_agents(
             session,
             caller,
-            EnvPath(org_id, project_id, env_id),
+            where,
             page,
             state.settings,
             state.heartbeats,
@@ -149,15 +142,13 @@ class AgentAdminController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         agent_id: FromPath[str],
     ) -> AgentRecord:
         return await service.get_agent(
             session,
             caller,
-            EnvPath(org_id, project_id, env_id),
+            where,
             agent_id,
             state.settings,
             state.heartbeats,
@@ -168,12 +159,10 @@ class AgentAdminController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         agent_id: FromPath[str],
     ) -> None:
-        await service.delete_agent(session, caller, EnvPath(org_id, project_id, env_id), agent_id)
+        await service.delete_agent(session, caller, where, agent_id)
 
     @post(
         "/{agent_id:str}/rotate-key",
@@ -185,14 +174,10 @@ class AgentAdminController(Controller):
         session: DbSession,
         caller: Caller,
         kek: Kek,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         agent_id: FromPath[str],
     ) -> AgentKeyRotated:
-        return await service.request_key_rotation(
-            session, caller, EnvPath(org_id, project_id, env_id), agent_id, kek
-        )
+        return await service.request_key_rotation(session, caller, where, agent_id, kek)
 
 
 class AgentRuntimeController(Controller):

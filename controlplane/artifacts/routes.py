@@ -13,8 +13,7 @@ from litestar.response import File
 from controlplane.artifacts import replays, service
 from controlplane.artifacts.upload import MAX_UPLOAD_BODY, receive_upload
 from controlplane.auth.principal import AgentPrincipal
-from controlplane.deps import Blobs, Caller, DbSession, Paging
-from controlplane.pipelines.service import EnvPath
+from controlplane.deps import Blobs, Caller, DbSession, Paging, Where
 from shared.artifacts import ArtifactReceipt
 from shared.artifacts_api import Artifact, Replay, ReplayCreate
 from shared.resources import Page
@@ -62,9 +61,7 @@ class ArtifactController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
         agent_id: Text = None,
         kind: Text = None,
@@ -73,23 +70,17 @@ class ArtifactController(Controller):
         until: Moment = None,
     ) -> Page[Artifact]:
         filters = service.ArtifactFilters(agent_id, kind, status, since, until)
-        return await service.list_artifacts(
-            session, caller, EnvPath(org_id, project_id, env_id), page, filters
-        )
+        return await service.list_artifacts(session, caller, where, page, filters)
 
     @get("/{artifact_id:str}", summary="An artifact with its ingest result (viewer)")
     async def get_artifact(
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         artifact_id: FromPath[str],
     ) -> Artifact:
-        return await service.get_artifact(
-            session, caller, EnvPath(org_id, project_id, env_id), artifact_id
-        )
+        return await service.get_artifact(session, caller, where, artifact_id)
 
     @post(
         "/{artifact_id:str}/replay",
@@ -105,16 +96,14 @@ class ArtifactController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         artifact_id: FromPath[str],
         data: JSONBody[ReplayCreate | None] = None,
     ) -> Replay:
         created = await replays.request_replay(
             session,
             caller,
-            EnvPath(org_id, project_id, env_id),
+            where,
             artifact_id,
             data or ReplayCreate(),
         )
@@ -128,15 +117,11 @@ class ArtifactController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         artifact_id: FromPath[str],
         replay_id: FromPath[str],
     ) -> Replay:
-        return await replays.get_replay(
-            session, caller, EnvPath(org_id, project_id, env_id), artifact_id, replay_id
-        )
+        return await replays.get_replay(session, caller, where, artifact_id, replay_id)
 
     @post(
         "/{artifact_id:str}/replays/{replay_id:str}/approve",
@@ -148,15 +133,11 @@ class ArtifactController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         artifact_id: FromPath[str],
         replay_id: FromPath[str],
     ) -> Replay:
-        approved = await replays.approve_replay(
-            session, caller, EnvPath(org_id, project_id, env_id), artifact_id, replay_id
-        )
+        approved = await replays.approve_replay(session, caller, where, artifact_id, replay_id)
         worker = state.get("worker")
         if worker is not None:
             worker.notify()
@@ -172,14 +153,10 @@ class ArtifactController(Controller):
         session: DbSession,
         caller: Caller,
         blobs: Blobs,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         artifact_id: FromPath[str],
     ) -> File:
-        artifact = await service.get_artifact(
-            session, caller, EnvPath(org_id, project_id, env_id), artifact_id
-        )
+        artifact = await service.get_artifact(session, caller, where, artifact_id)
         return File(
             path=blobs.path_for(artifact.digest),
             filename=artifact.filename,

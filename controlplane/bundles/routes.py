@@ -10,9 +10,8 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
 from controlplane.bundles import service
-from controlplane.deps import Blobs, Caller, DbSession, Paging
+from controlplane.deps import Blobs, Caller, DbSession, Paging, Where
 from controlplane.errors import Conflict
-from controlplane.pipelines.service import EnvPath
 from shared.pipelines import ConfigBundle, ConfigBundleCreate, RuntimeConfigPreview
 from shared.resources import Page
 
@@ -30,14 +29,10 @@ class ConfigBundleController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
     ) -> Page[ConfigBundle]:
-        return await service.list_bundles(
-            session, caller, EnvPath(org_id, project_id, env_id), page
-        )
+        return await service.list_bundles(session, caller, where, page)
 
     @post(
         "/config-bundles",
@@ -54,13 +49,11 @@ class ConfigBundleController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         data: JSONBody[ConfigBundleCreate],
     ) -> Response[ConfigBundle]:
         bundle, _job_id = await service.request_bundle(
-            session, caller, EnvPath(org_id, project_id, env_id), data.pipeline_version_id
+            session, caller, where, data.pipeline_version_id
         )
         worker = state.get("worker")
         if worker is not None:
@@ -73,14 +66,10 @@ class ConfigBundleController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         bundle_id: FromPath[str],
     ) -> ConfigBundle:
-        return await service.get_bundle(
-            session, caller, EnvPath(org_id, project_id, env_id), bundle_id
-        )
+        return await service.get_bundle(session, caller, where, bundle_id)
 
     @get(
         "/config-bundles/{bundle_id:str}/archive",
@@ -92,14 +81,10 @@ class ConfigBundleController(Controller):
         session: DbSession,
         caller: Caller,
         blobs: Blobs,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         bundle_id: FromPath[str],
     ) -> File:
-        bundle = await service.get_bundle(
-            session, caller, EnvPath(org_id, project_id, env_id), bundle_id
-        )
+        bundle = await service.get_bundle(session, caller, where, bundle_id)
         if bundle.status != "ready" or bundle.digest is None:
             raise Conflict(f"Bundle {bundle_id} is {bundle.status}; its archive is not available")
         return File(
@@ -121,10 +106,6 @@ class ConfigBundleController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
     ) -> RuntimeConfigPreview:
-        return await service.preview_runtime_config(
-            session, caller, EnvPath(org_id, project_id, env_id)
-        )
+        return await service.preview_runtime_config(session, caller, where)

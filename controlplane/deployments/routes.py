@@ -10,8 +10,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from controlplane.approvals import service as approvals
 from controlplane.deployments import service
-from controlplane.deps import Caller, DbSession, Kek, Paging
-from controlplane.pipelines.service import EnvPath
+from controlplane.deps import Caller, DbSession, Kek, Paging, Where
 from shared.deployments_api import (
     Approval,
     ApprovalCreate,
@@ -48,14 +47,10 @@ class DeploymentController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         data: JSONBody[DeploymentCreate],
     ) -> Deployment:
-        created = await service.create_deployment(
-            session, caller, EnvPath(org_id, project_id, env_id), data, state.settings
-        )
+        created = await service.create_deployment(session, caller, where, data, state.settings)
         _wake(state)
         return created
 
@@ -64,29 +59,21 @@ class DeploymentController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
         status: StatusFilter = None,
     ) -> Page[Deployment]:
-        return await service.list_deployments(
-            session, caller, EnvPath(org_id, project_id, env_id), page, status
-        )
+        return await service.list_deployments(session, caller, where, page, status)
 
     @get("/{deployment_id:str}", summary="A deployment with per-agent progress and events (viewer)")
     async def get_deployment(
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         deployment_id: FromPath[str],
     ) -> DeploymentDetail:
-        return await service.get_deployment(
-            session, caller, EnvPath(org_id, project_id, env_id), deployment_id
-        )
+        return await service.get_deployment(session, caller, where, deployment_id)
 
     @post(
         "/{deployment_id:str}/rollback",
@@ -99,16 +86,14 @@ class DeploymentController(Controller):
         session: DbSession,
         caller: Caller,
         kek: Kek,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         deployment_id: FromPath[str],
         data: JSONBody[RollbackRequest | None] = None,
     ) -> DeploymentDetail:
         return await service.request_rollback(
             session,
             caller,
-            EnvPath(org_id, project_id, env_id),
+            where,
             deployment_id,
             data.reason if data else None,
             kek,
@@ -126,12 +111,10 @@ class ApprovalController(Controller):
         state: State,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         data: JSONBody[ApprovalCreate],
     ) -> Approval:
-        decided = await approvals.decide(session, caller, EnvPath(org_id, project_id, env_id), data)
+        decided = await approvals.decide(session, caller, where, data)
         _wake(state)
         return decided
 
@@ -140,28 +123,20 @@ class ApprovalController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
     ) -> Page[Approval]:
-        return await approvals.list_approvals(
-            session, caller, EnvPath(org_id, project_id, env_id), page
-        )
+        return await approvals.list_approvals(session, caller, where, page)
 
     @get("/{approval_id:str}", summary="Get an approval (viewer)")
     async def get_approval(
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         approval_id: FromPath[str],
     ) -> Approval:
-        return await approvals.get_approval(
-            session, caller, EnvPath(org_id, project_id, env_id), approval_id
-        )
+        return await approvals.get_approval(session, caller, where, approval_id)
 
     @post(
         "/{approval_id:str}/revoke",
@@ -174,11 +149,7 @@ class ApprovalController(Controller):
         session: DbSession,
         caller: Caller,
         kek: Kek,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         approval_id: FromPath[str],
     ) -> Approval:
-        return await approvals.revoke(
-            session, caller, EnvPath(org_id, project_id, env_id), approval_id, kek, state.settings
-        )
+        return await approvals.revoke(session, caller, where, approval_id, kek, state.settings)

@@ -7,9 +7,8 @@ from typing import Annotated
 from litestar import Controller, Response, get, post, put
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
-from controlplane.deps import Caller, DbSession, Paging
+from controlplane.deps import Caller, DbSession, Paging, Where
 from controlplane.pipelines import service
-from controlplane.pipelines.service import EnvPath
 from shared.base import RestInput
 from shared.pipelines import Draft, DraftCreate, DraftUpdate, Plan, Preview, Version
 from shared.resources import Page
@@ -44,26 +43,20 @@ class DraftController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
     ) -> Page[Draft]:
-        return await service.list_drafts(session, caller, EnvPath(org_id, project_id, env_id), page)
+        return await service.list_drafts(session, caller, where, page)
 
     @post("/", summary="Create a draft from a plan (deployer)")
     async def create_draft(
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         data: JSONBody[DraftCreate],
     ) -> Response[Draft]:
-        draft = await service.create_draft(
-            session, caller, EnvPath(org_id, project_id, env_id), data
-        )
+        draft = await service.create_draft(session, caller, where, data)
         return _tagged(draft, 201)
 
     @get("/{draft_id:str}", summary="Get a draft; ETag is its revision (viewer)")
@@ -71,14 +64,10 @@ class DraftController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         draft_id: FromPath[str],
     ) -> Response[Draft]:
-        draft = await service.get_draft(
-            session, caller, EnvPath(org_id, project_id, env_id), draft_id
-        )
+        draft = await service.get_draft(session, caller, where, draft_id)
         return _tagged(draft)
 
     @put("/{draft_id:str}", summary="Update a draft; bumps its revision (deployer)")
@@ -86,16 +75,12 @@ class DraftController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         draft_id: FromPath[str],
         data: JSONBody[DraftUpdate],
         if_match: IfMatch = None,
     ) -> Response[Draft]:
-        draft = await service.update_draft(
-            session, caller, EnvPath(org_id, project_id, env_id), draft_id, data, if_match
-        )
+        draft = await service.update_draft(session, caller, where, draft_id, data, if_match)
         return _tagged(draft)
 
     @post(
@@ -107,16 +92,14 @@ class DraftController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         draft_id: FromPath[str],
         data: JSONBody[PreviewRequest | None] = None,
     ) -> Preview:
         return await service.preview_draft(
             session,
             caller,
-            EnvPath(org_id, project_id, env_id),
+            where,
             draft_id,
             data.plan if data is not None else None,
         )
@@ -126,15 +109,11 @@ class DraftController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         draft_id: FromPath[str],
         if_match: IfMatch = None,
     ) -> Version:
-        return await service.promote_draft(
-            session, caller, EnvPath(org_id, project_id, env_id), draft_id, if_match
-        )
+        return await service.promote_draft(session, caller, where, draft_id, if_match)
 
 
 class VersionController(Controller):
@@ -146,25 +125,17 @@ class VersionController(Controller):
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         page: Paging,
     ) -> Page[Version]:
-        return await service.list_versions(
-            session, caller, EnvPath(org_id, project_id, env_id), page
-        )
+        return await service.list_versions(session, caller, where, page)
 
     @get("/{version_id:str}", summary="Get a pipeline version (viewer)")
     async def get_version(
         self,
         session: DbSession,
         caller: Caller,
-        org_id: FromPath[str],
-        project_id: FromPath[str],
-        env_id: FromPath[str],
+        where: Where,
         version_id: FromPath[str],
     ) -> Version:
-        return await service.get_version(
-            session, caller, EnvPath(org_id, project_id, env_id), version_id
-        )
+        return await service.get_version(session, caller, where, version_id)
