@@ -24,7 +24,15 @@ from shared.signing import Envelope, MalformedError, decode_keyset
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["STATE_FILE", "AgentState", "StateError", "load_state", "save_state", "state_path"]
+__all__ = [
+    "STATE_FILE",
+    "AgentState",
+    "StateError",
+    "ensure_state_dir",
+    "load_state",
+    "save_state",
+    "state_path",
+]
 
 #: Name of the state file inside the state directory.
 STATE_FILE: Final = "agent.json"
@@ -94,7 +102,12 @@ def state_path(state_dir: Path) -> Path:
     return state_dir / STATE_FILE
 
 
-def _ensure_dir(state_dir: Path) -> None:
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create the state directory 0700 (warn if an existing one is open to others).
+
+    Call it before creating anything inside: ``Path.mkdir(parents=True)`` would create a missing
+    state directory with the default, world-readable mode.
+    """
     if state_dir.is_dir():
         mode = stat.S_IMODE(state_dir.stat().st_mode)
         if mode & 0o077:
@@ -132,7 +145,7 @@ def save_state(state_dir: Path, state: AgentState) -> Path:
     Raises:
         OSError: If the directory or file cannot be written.
     """
-    _ensure_dir(state_dir)
+    ensure_state_dir(state_dir)
     target = state_path(state_dir)
     temporary = state_dir / f".{STATE_FILE}.{secrets.token_hex(8)}.tmp"
     data = msgspec.json.format(msgspec.json.encode(state), indent=2) + b"\n"

@@ -29,6 +29,7 @@ from agent.errors import (
     Unauthorized,
 )
 from agent.spool import Spool, SpoolEntry
+from agent.state import ensure_state_dir
 from shared.artifacts import MAX_ARTIFACT_BYTES, ArtifactMetadata, sign_metadata
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ logger = logging.getLogger("byteor.agent.uploads")
 
 def open_spool(state_dir: Path, max_bytes: int, max_files: int) -> Spool:
     """Open the spool of the agent whose state lives in ``state_dir`` (``<state_dir>/spool``)."""
+    ensure_state_dir(state_dir)
     return Spool(state_dir / SPOOL_DIR, max_bytes, max_files)
 
 

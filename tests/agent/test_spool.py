@@ -260,3 +260,13 @@ def test_record_attempt_and_reject(tmp_path: Path) -> None:
     assert note.rejected_reason == "400 bad signature"
     assert s.entries() == []
     assert s.record_attempt(entry.entry_id) is None
+
+
+def test_opening_the_spool_first_keeps_the_state_dir_private(tmp_path: Path) -> None:
+    import stat
+
+    from agent.uploads import open_spool
+
+    state_dir = tmp_path / "fresh-state"
+    open_spool(state_dir, 1 << 20, 10)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
