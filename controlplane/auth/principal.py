@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime  # noqa: TC003 - Litestar resolves these annotations at runtime
 
 from shared.roles import PrincipalKind
 
@@ -17,6 +18,8 @@ class Principal:
     kind: PrincipalKind
     token_id: str
     service_org_id: str | None = None
+    #: When the presented token expires (``None``: it does not).
+    token_expires_at: datetime | None = None
 
     @property
     def is_service_account(self) -> bool:

@@ -33,7 +33,9 @@ class TokenController(Controller):
     async def create_token(
         self, session: DbSession, caller: Caller, data: JSONBody[ApiTokenCreate]
     ) -> ApiTokenCreated:
-        return await service.create_token(session, caller.user_id, data.name, data.expires_in)
+        return await service.create_token(
+            session, caller.user_id, data.name, data.expires_in, not_after=caller.token_expires_at
+        )
 
     @delete("/{token_id:str}", summary="Revoke one of the caller's tokens")
     async def revoke_token(

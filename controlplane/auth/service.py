@@ -24,6 +24,8 @@ from shared.resources import ApiToken, ApiTokenCreated, Me, Membership
 from shared.roles import PrincipalKind, Role
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = [
@@ -61,6 +63,7 @@ async def authenticate_bearer(session: AsyncSession, token: str) -> Principal:
         kind=PrincipalKind(user.kind),
         token_id=token_row.id,
         service_org_id=user.service_org_id,
+        token_expires_at=token_row.expires_at,
     )
 
 
@@ -77,10 +80,13 @@ def token_schema(row: ApiTokenRow) -> ApiToken:
 
 
 def _new_token_row(
-    user_id: str, name: str, expires_in: int | None
+    user_id: str, name: str, expires_in: int | None, not_after: datetime | None = None
 ) -> tuple[ApiTokenRow, IssuedSecret]:
     secret = issue_secret(TokenKind.PERSONAL)
     now = utcnow()
+    expires_at = now + timedelta(seconds=expires_in) if expires_in else None
+    if not_after is not None and (expires_at is None or expires_at > not_after):
+        expires_at = not_after
     row = ApiTokenRow(
         id=new_id("tok"),
         user_id=user_id,
@@ -88,16 +94,23 @@ def _new_token_row(
         token_hash=secret.digest,
         hint=secret.hint,
         created_at=now,
-        expires_at=now + timedelta(seconds=expires_in) if expires_in else None,
+        expires_at=expires_at,
     )
     return row, secret
 
 
 async def create_token(
-    session: AsyncSession, user_id: str, name: str, expires_in: int | None = None
+    session: AsyncSession,
+    user_id: str,
+    name: str,
+    expires_in: int | None = None,
+    not_after: datetime | None = None,
 ) -> ApiTokenCreated:
-    """Issue a bearer token for ``user_id``; the secret is in the result and nowhere else."""
-    row, secret = _new_token_row(user_id, name, expires_in)
+    """Issue a bearer token for ``user_id``; the secret is in the result and nowhere else.
+
+    ``not_after`` caps the new token's expiry: a token never mints one that outlives it.
+    """
+    row, secret = _new_token_row(user_id, name, expires_in, not_after)
     session.add(row)
     await session.commit()
     base = token_schema(row)

@@ -109,3 +109,23 @@ async def test_me_describes_caller(stack: Stack) -> None:
     assert me["kind"] == "human"
     assert me["email"] == "dana@example.com"
     assert me["memberships"] == []
+
+
+async def test_a_token_never_mints_one_that_outlives_it(stack: Stack) -> None:
+    person = await stack.human()
+    short = await stack.ok(
+        "POST", "/api/v1/tokens", person, json={"name": "short", "expires_in": 600}
+    )
+    headers = {"Authorization": f"Bearer {short['token']}"}
+    forever = await stack.ok("POST", "/api/v1/tokens", headers=headers, json={"name": "forever"})
+    assert forever["expires_at"] == short["expires_at"]
+    longer = await stack.ok(
+        "POST", "/api/v1/tokens", headers=headers, json={"name": "longer", "expires_in": 86400}
+    )
+    assert longer["expires_at"] == short["expires_at"]
+    shorter = await stack.ok(
+        "POST", "/api/v1/tokens", headers=headers, json={"name": "shorter", "expires_in": 60}
+    )
+    assert shorter["expires_at"] < short["expires_at"]
+    unbounded = await stack.ok("POST", "/api/v1/tokens", person, json={"name": "free"})
+    assert unbounded["expires_at"] is None
