@@ -24,7 +24,9 @@ from controlplane.artifacts.ingest import ingest_artifact
 from controlplane.artifacts.replays import REPLAY_JOB, run_replay
 from controlplane.artifacts.routes import ArtifactController, upload_artifact
 from controlplane.artifacts.upload import INGEST_JOB
+from controlplane.auth.login_routes import LoginController
 from controlplane.auth.middleware import AuthenticationMiddleware
+from controlplane.auth.oidc import OidcClient
 from controlplane.auth.routes import MeController, TokenController
 from controlplane.blobs import BlobStore
 from controlplane.bundles.routes import ConfigBundleController
@@ -94,6 +96,8 @@ def _lifespan(settings: Settings) -> Any:
         limiter.on_reject = lambda bucket: app.state.metrics.rate_limited.labels(bucket).inc()
         app.state.rate_limiter = limiter
         app.state.blobs = BlobStore(settings.blob_dir)
+        oidc = OidcClient.from_settings(settings) if settings.oidc_enabled else None
+        app.state.oidc = oidc
         if settings.should_auto_migrate:
             await upgrade(database.engine)
             logger.info("database schema is at %s", app.state.schema_head)
@@ -123,6 +127,8 @@ def _lifespan(settings: Settings) -> Any:
             if worker is not None and worker_task is not None:
                 await worker.shutdown()
                 await worker_task
+            if oidc is not None:
+                await oidc.aclose()
             await database.dispose()
 
     return lifespan
@@ -155,13 +161,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
         components=Components(
             security_schemes={
                 "bearer": SecurityScheme(
-                    type="http", scheme="bearer", description="byteor_pat_... API token"
+                    type="http",
+                    scheme="bearer",
+                    description="byteor_pat_... API token or byteor_ses_... login session",
                 ),
                 "enrollment": SecurityScheme(
                     type="http", scheme="bearer", description="byteor_enr_... enrollment token"
                 ),
                 "agent_key": SecurityScheme(
                     type="http", scheme="bearer", description="byteor_agk_... agent runtime key"
+                ),
+                "session_cookie": SecurityScheme(
+                    type="apiKey",
+                    name="byteor_session",
+                    security_scheme_in="cookie",
+                    description=(
+                        "byteor_ses_... session set by /auth/callback; changes need a "
+                        "same-origin Origin header"
+                    ),
                 ),
             }
         ),
@@ -173,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             healthz,
             readyz,
             metrics_endpoint,
+            LoginController,
             MeController,
             TokenController,
             OrganizationController,
@@ -204,6 +222,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app.state.settings = settings
+    app.state.oidc = None
     app.state.metrics = Metrics()
     document_errors(app)
     return app

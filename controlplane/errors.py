@@ -10,7 +10,9 @@ Exception tree::
     ├── NotFound        404     absent, or invisible to the caller (never a 403 that leaks existence)
     ├── PreconditionFailed 412  stale If-Match revision
     ├── Conflict        409     duplicate name, illegal state change, last owner removal
-    └── TooManyRequests 429     a cap is reached (carries Retry-After)
+    ├── TooManyRequests 429     a cap is reached (carries Retry-After)
+    ├── BadGateway      502     an upstream (the OIDC provider) failed or answered nonsense
+    └── ServiceUnavailable 503  a feature is not configured or not ready
 
 Litestar's own ``HTTPException`` family (validation errors, 404/405 routing, 413 body caps) is
 rendered by the same function, and anything else becomes a 500 without internals.
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
 __all__ = [
+    "BadGateway",
     "BadRequest",
     "Conflict",
     "DomainError",
@@ -40,6 +43,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
     "exception_handlers",
@@ -137,6 +141,18 @@ class Conflict(DomainError):
     status_code = 409
     title = "Conflict"
     slug = "conflict"
+
+
+class BadGateway(DomainError):
+    status_code = 502
+    title = "Bad Gateway"
+    slug = "bad-gateway"
+
+
+class ServiceUnavailable(DomainError):
+    status_code = 503
+    title = "Service Unavailable"
+    slug = "unavailable"
 
 
 _HTTP_SLUGS = {

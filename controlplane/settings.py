@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.roles import Role
 
 __all__ = ["DeploymentMode", "Settings"]
 
@@ -136,6 +139,61 @@ class Settings(BaseSettings):
     job_lease_seconds: Annotated[int, Field(ge=5, le=3600)] = Field(
         default=120, description="a claimed job not finished in this time is picked up again"
     )
+    public_base_url: str | None = Field(
+        default=None,
+        description=(
+            "the URL browsers use to reach this API, e.g. https://byteor.example.com; the OIDC "
+            "callback is <public_base_url>/auth/callback. Cookies are Secure when it is https"
+        ),
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OpenID Connect issuer URL (its /.well-known/openid-configuration is used); unset: login is off",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="client id registered with the OIDC provider"
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="client secret (client_secret_basic); unset for a public client using PKCE only",
+    )
+    oidc_scopes: str = Field(
+        default="openid email profile",
+        description="scopes requested at login (must include openid)",
+    )
+    oidc_allowed_email_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "comma-separated e-mail domains whose people may sign in without an invitation "
+            "(they get no organization until invited); invited people may always sign in"
+        ),
+    )
+    oidc_allowed_emails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated e-mail addresses that may sign in without an invitation",
+    )
+    oidc_auto_join_org_id: str | None = Field(
+        default=None,
+        description="an organization every newly signed-up person joins (default: none)",
+    )
+    oidc_auto_join_role: Role = Field(
+        default=Role.VIEWER, description="the role given by oidc_auto_join_org_id"
+    )
+    oidc_clock_skew_seconds: Annotated[int, Field(ge=0, le=300)] = Field(
+        default=60, description="tolerance when checking ID token exp/iat/nbf"
+    )
+    oidc_http_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=10.0, description="timeout of each call to the OIDC provider"
+    )
+    oidc_discovery_ttl_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(
+        default=3600, description="how long the discovery document and JWKS are cached"
+    )
+    login_timeout_seconds: Annotated[int, Field(ge=30, le=3600)] = Field(
+        default=600, description="how long a started login may take before its state expires"
+    )
+    session_ttl_seconds: Annotated[int, Field(ge=300, le=30 * 86400)] = Field(
+        default=12 * 3600, description="lifetime of the session token issued at login"
+    )
 
     @field_validator("api_bind_addr")
     @classmethod
@@ -183,6 +241,79 @@ class Settings(BaseSettings):
         if not value.startswith(("memory://", "redis://", "rediss://", "async+")):
             raise ValueError("use memory:// or redis://host:port/db")
         return value
+
+    @field_validator("oidc_allowed_email_domains", "oidc_allowed_emails", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            return [str(item).strip().lower() for item in value if str(item).strip()]
+        return value
+
+    @field_validator("oidc_allowed_email_domains")
+    @classmethod
+    def _check_domains(cls, value: list[str]) -> list[str]:
+        cleaned = [item.removeprefix("@") for item in value]
+        for domain in cleaned:
+            if "@" in domain or "." not in domain or any(c.isspace() for c in domain):
+                raise ValueError(f"{domain!r} is not an e-mail domain such as example.com")
+        return cleaned
+
+    @field_validator("oidc_allowed_emails")
+    @classmethod
+    def _check_emails(cls, value: list[str]) -> list[str]:
+        for email in value:
+            local, at, domain = email.rpartition("@")
+            if not at or not local or "." not in domain:
+                raise ValueError(f"{email!r} is not an e-mail address")
+        return value
+
+    @field_validator("public_base_url", "oidc_issuer")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("expected an absolute http(s) URL such as https://byteor.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value
+
+    @field_validator("oidc_scopes")
+    @classmethod
+    def _check_scopes(cls, value: str) -> str:
+        scopes = value.split()
+        if "openid" not in scopes:
+            raise ValueError("must include openid")
+        return " ".join(scopes)
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Self:
+        wanted = {
+            "BYTEOR_CLOUD_OIDC_ISSUER": self.oidc_issuer,
+            "BYTEOR_CLOUD_OIDC_CLIENT_ID": self.oidc_client_id,
+            "BYTEOR_CLOUD_PUBLIC_BASE_URL": self.public_base_url,
+        }
+        if self.oidc_issuer or self.oidc_client_id:
+            missing = [name for name, value in wanted.items() if not value]
+            if missing:
+                raise ValueError(f"OIDC login needs {', '.join(missing)} as well")
+        return self
+
+    @field_validator("oidc_auto_join_role")
+    @classmethod
+    def _check_join_role(cls, value: Role) -> Role:
+        if value is Role.OWNER:
+            raise ValueError("people cannot join as owner automatically")
+        return value
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """Whether OIDC login is configured (issuer, client id and public base URL set)."""
+        return bool(self.oidc_issuer and self.oidc_client_id and self.public_base_url)
 
     @property
     def blob_dir(self) -> Path:

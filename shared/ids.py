@@ -25,6 +25,7 @@ PREFIXES: Final = frozenset(
         "env",
         "usr",
         "tok",
+        "idn",
         "agt",
         "agk",
         "rpl",

@@ -233,6 +233,8 @@ class ApiToken(RestOutput):
     id: str
     name: str
     user_id: str
+    #: ``personal`` (an API token) or ``session`` (issued by a login at /auth/callback).
+    kind: str
     hint: str
     created_at: datetime
     expires_at: datetime | None
@@ -249,6 +251,22 @@ class Membership(RestOutput):
     org_id: str
     org_name: str
     role: Role
+
+
+class LoginSession(RestOutput):
+    """Returned once by ``/auth/callback``: a session bearer token for the person who logged in."""
+
+    token: str
+    token_id: str
+    expires_at: datetime
+    user_id: str
+    email: str | None
+    name: str
+    #: Whether this login created the user (a new user belongs to no organization yet).
+    new_user: bool
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+    #: The same-origin path the login was started for (``/auth/login?redirect_to=``).
+    redirect_to: str | None = None
 
 
 class Me(RestOutput):

@@ -5,15 +5,22 @@ route accepts is ``opt["credential"]``: ``"bearer"`` (default; API and session t
 ``"enrollment"`` (checked and consumed by the enroll service) or ``"agent"`` (an agent key, which
 must belong to the ``{agent_id}`` in the path (else 401) and carry ``opt["scope"]`` (else 403)).
 A token of another kind is a 401.
+
+Browsers that logged in at ``/auth/callback`` may instead send the ``byteor_session`` cookie (a
+session token only) on bearer routes. A cookie is sent by the browser on its own, so a request it
+authenticates that changes anything (not GET/HEAD/OPTIONS) must come from this origin: its
+``Origin`` must be the public base URL's (or ``Sec-Fetch-Site: same-origin``), else 403.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from controlplane.agents.keys import authenticate_agent_key
+from controlplane.auth.login import SESSION_COOKIE
 from controlplane.auth.principal import EnrollmentCredential
 from controlplane.auth.secrets import TokenKind
 from controlplane.auth.service import authenticate_bearer
@@ -23,10 +30,12 @@ if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
 
     from controlplane.db import Database
+    from controlplane.settings import Settings
 
 __all__ = ["AuthenticationMiddleware"]
 
 BEARER_KINDS = frozenset({TokenKind.PERSONAL, TokenKind.SESSION})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def presented_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -43,15 +52,45 @@ def presented_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return token
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def check_same_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Refuse a cookie-authenticated change that a browser sent on behalf of another site."""
+    if connection.scope.get("method", "GET") in SAFE_METHODS:
+        return
+    settings: Settings = connection.app.state.settings
+    origin = connection.headers.get("origin")
+    if origin is not None and settings.public_base_url is not None:
+        if _origin(origin) == _origin(settings.public_base_url):
+            return
+    elif origin is None and connection.headers.get("sec-fetch-site") == "same-origin":
+        return
+    raise Forbidden(
+        "Cross-site request refused: a change authenticated by the session cookie must come "
+        "from this site's pages; API clients send Authorization: Bearer <token>"
+    )
+
+
 class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        token = presented_token(connection)
-        kind = TokenKind.of(token)
         opt = connection.route_handler.opt
         wanted = opt.get("credential", "bearer")
         database: Database = connection.app.state.database
+        cookie = connection.cookies.get(SESSION_COOKIE)
+        if wanted == "bearer" and cookie and "authorization" not in connection.headers:
+            if TokenKind.of(cookie) is not TokenKind.SESSION:
+                raise Unauthorized("The session cookie does not hold a session token")
+            async with database.sessionmaker() as session:
+                principal = await authenticate_bearer(session, cookie)
+            check_same_origin(connection)
+            return AuthenticationResult(user=principal, auth=principal.token_id)
+        token = presented_token(connection)
+        kind = TokenKind.of(token)
         if wanted == "bearer" and kind in BEARER_KINDS:
             async with database.sessionmaker() as session:
                 principal = await authenticate_bearer(session, token)

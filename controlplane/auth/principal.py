@@ -20,6 +20,8 @@ class Principal:
     service_org_id: str | None = None
     #: When the presented token expires (``None``: it does not).
     token_expires_at: datetime | None = None
+    #: Whether the token is a login session (``byteor_ses_``) rather than an API token.
+    session: bool = False
 
     @property
     def is_service_account(self) -> bool:

@@ -36,6 +36,7 @@ __all__ = [
     "describe_caller",
     "find_or_create_user",
     "list_tokens",
+    "new_token_row",
     "revoke_token",
     "token_schema",
 ]
@@ -64,7 +65,12 @@ async def authenticate_bearer(session: AsyncSession, token: str) -> Principal:
         token_id=token_row.id,
         service_org_id=user.service_org_id,
         token_expires_at=token_row.expires_at,
+        session=token_row.kind == SESSION_KIND,
     )
+
+
+PERSONAL_KIND = "personal"
+SESSION_KIND = "session"
 
 
 def token_schema(row: ApiTokenRow) -> ApiToken:
@@ -72,6 +78,7 @@ def token_schema(row: ApiTokenRow) -> ApiToken:
         id=row.id,
         name=row.name,
         user_id=row.user_id,
+        kind=row.kind,
         hint=row.hint,
         created_at=row.created_at,
         expires_at=row.expires_at,
@@ -79,10 +86,16 @@ def token_schema(row: ApiTokenRow) -> ApiToken:
     )
 
 
-def _new_token_row(
-    user_id: str, name: str, expires_in: int | None, not_after: datetime | None = None
+def new_token_row(
+    user_id: str,
+    name: str,
+    expires_in: int | None,
+    not_after: datetime | None = None,
+    *,
+    kind: TokenKind = TokenKind.PERSONAL,
 ) -> tuple[ApiTokenRow, IssuedSecret]:
-    secret = issue_secret(TokenKind.PERSONAL)
+    """A token row (not yet added to a session) and its secret, shown once."""
+    secret = issue_secret(kind)
     now = utcnow()
     expires_at = now + timedelta(seconds=expires_in) if expires_in else None
     if not_after is not None and (expires_at is None or expires_at > not_after):
@@ -91,6 +104,7 @@ def _new_token_row(
         id=new_id("tok"),
         user_id=user_id,
         name=name,
+        kind=SESSION_KIND if kind is TokenKind.SESSION else PERSONAL_KIND,
         token_hash=secret.digest,
         hint=secret.hint,
         created_at=now,
@@ -110,7 +124,7 @@ async def create_token(
 
     ``not_after`` caps the new token's expiry: a token never mints one that outlives it.
     """
-    row, secret = _new_token_row(user_id, name, expires_in, not_after)
+    row, secret = new_token_row(user_id, name, expires_in, not_after)
     session.add(row)
     await session.commit()
     base = token_schema(row)
@@ -174,7 +188,7 @@ async def bootstrap_owner(session: AsyncSession, email: str, org_name: str) -> B
     session.add(org)
     await session.flush()
     session.add(MembershipRow(org_id=org.id, user_id=user.id, role=Role.OWNER.value))
-    token_row, secret = _new_token_row(user.id, "bootstrap", None)
+    token_row, secret = new_token_row(user.id, "bootstrap", None)
     session.add(token_row)
     await session.commit()
     return BootstrapResult(user_id=user.id, org_id=org.id, token=secret.token)

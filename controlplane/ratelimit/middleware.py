@@ -47,7 +47,11 @@ def _address(scope: Scope) -> str:
 
 
 def _has_credential(scope: Scope) -> bool:
-    return any(name == b"authorization" for name, _ in scope.get("headers", []))
+    """An ``Authorization`` header or a login session cookie."""
+    return any(
+        name == b"authorization" or (name == b"cookie" and b"byteor_session=" in value)
+        for name, value in scope.get("headers", [])
+    )
 
 
 def _refuse(verdict: Verdict, detail: str) -> TooManyRequests:

@@ -9,7 +9,9 @@ import os
 import secrets
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 if TYPE_CHECKING:
     from controlplane.settings import Settings
@@ -27,7 +29,13 @@ class KeyEncryptionKey:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("the key-encryption key must be 32 bytes")
+        self._key = key
         self._aead = AESGCM(key)
+
+    def derive(self, purpose: str) -> KeyEncryptionKey:
+        """An independent key for another ``purpose`` (HKDF-SHA256), e.g. sealing login cookies."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+        return KeyEncryptionKey(hkdf.derive(self._key))
 
     def seal(self, plaintext: bytes, associated: str) -> str:
         nonce = secrets.token_bytes(12)
