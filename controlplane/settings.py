@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.roles import Role
@@ -271,10 +271,14 @@ class Settings(BaseSettings):
 
     @field_validator("public_base_url", "oidc_issuer")
     @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not value.strip():
             return None
-        value = value.strip().rstrip("/")
+        value = value.strip()
+        if info.field_name == "public_base_url":
+            value = value.rstrip("/")
+        # The issuer is kept exactly as given: ID tokens must name it byte for byte (some
+        # providers' issuers end in "/").
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("expected an absolute http(s) URL such as https://byteor.example.com")

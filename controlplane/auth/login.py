@@ -134,7 +134,8 @@ def safe_redirect(value: str | None) -> str | None:
     )
     if len(value) > MAX_REDIRECT_LENGTH or not value.startswith("/") or value.startswith("//"):
         raise refused
-    if "\\" in value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+    # Printable ASCII only (percent-encode the rest): it goes into a Location header as is.
+    if "\\" in value or any(not 0x21 <= ord(c) <= 0x7E for c in value):
         raise refused
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
@@ -203,8 +204,23 @@ async def sign_in(session: AsyncSession, settings: Settings, identity: IdentityC
         raise Forbidden(
             f"The identity provider has not verified {email}; verify it there and log in again"
         )
+    if not email.isascii():
+        raise Forbidden(f"{email} is not supported: only ASCII e-mail addresses can sign in")
     user = await session.scalar(select(UserRow).where(UserRow.email == email))
     created = False
+    if user is not None:
+        # Link by address only for someone not yet known at this provider: a second subject
+        # with the same address (a recycled address, a re-created account) must not inherit it.
+        linked = await session.scalar(
+            select(UserIdentityRow.id).where(
+                UserIdentityRow.user_id == user.id, UserIdentityRow.issuer == identity.issuer
+            )
+        )
+        if linked is not None:
+            raise Forbidden(
+                f"{email} already belongs to another account at this identity provider; "
+                "an organization admin must resolve it"
+            )
     if user is None:
         if not admitted(settings, email):
             raise Forbidden(

@@ -15,11 +15,21 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.params import QueryParameter
 from litestar.response import Redirect
+from sqlalchemy.exc import IntegrityError
 
 from controlplane.auth import login
 from controlplane.auth.login import LOGIN_COOKIE, SESSION_COOKIE
-from controlplane.deps import Caller, DbSession
-from controlplane.errors import BadRequest, DomainError, ServiceUnavailable, Unauthorized
+from controlplane.auth.middleware import check_same_origin, presented_token
+from controlplane.auth.secrets import TokenKind
+from controlplane.auth.service import authenticate_bearer
+from controlplane.deps import DbSession
+from controlplane.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from shared.resources import LoginSession
 
 if TYPE_CHECKING:
@@ -179,9 +189,7 @@ class LoginController(Controller):
                     "start again at /auth/login"
                 )
             await login.consume_state(session, flow)
-            if iss is not None and iss.rstrip("/") != oidc.issuer:
-                # RFC 9207: the response names who sent it; another issuer is a mix-up attack.
-                raise BadRequest("The callback comes from another issuer than the configured one")
+            await _check_issuer(oidc, iss)
             if error:
                 described = _printable(error, 64) + (
                     f" ({_printable(error_description)})" if error_description else ""
@@ -195,8 +203,16 @@ class LoginController(Controller):
             assert tokens.id_token is not None  # noqa: S101 - exchange_code checks it
             claims = await oidc.validate_id_token(tokens.id_token, nonce=flow.nonce)
             identity = await oidc.identity(tokens, claims)
-            signed_in = await login.sign_in(session, settings, identity)
-            row, secret = await login.issue_session(session, settings, signed_in)
+            try:
+                signed_in = await login.sign_in(session, settings, identity)
+                row, secret = await login.issue_session(session, settings, signed_in)
+            except IntegrityError:
+                # Two first logins of one person at once (double click, two tabs), or an
+                # invitation racing the login: the other one won; this one may simply retry.
+                await session.rollback()
+                raise Conflict(
+                    "Another login for this person finished at the same time; log in again"
+                ) from None
         except DomainError as exc:
             exc.headers = {
                 **exc.headers,
@@ -217,8 +233,8 @@ class LoginController(Controller):
         )
         headers = dict(NO_STORE)
         if flow.redirect_to is not None:
-            origin = urlsplit(settings.public_base_url or "")
-            headers["Location"] = f"{origin.scheme}://{origin.netloc}{flow.redirect_to}"
+            # redirect_to is a path of this API, so it lives under the public base URL's path.
+            headers["Location"] = f"{settings.public_base_url}{flow.redirect_to}"
         return Response(
             content=body,
             status_code=303 if flow.redirect_to is not None else 200,
@@ -232,21 +248,54 @@ class LoginController(Controller):
     @post(
         "/logout",
         summary="Log out: revoke the presented session token and clear the session cookie",
+        description=(
+            "Takes the session as `Authorization: Bearer byteor_ses_...` or as the "
+            "`byteor_session` cookie (same-origin requests only). A stale cookie (expired or "
+            "revoked session) is still cleared. API tokens are revoked at /api/v1/tokens instead."
+        ),
+        opt={"exclude_from_auth": True},
+        security=[{"bearer": []}, {"session_cookie": []}],
         status_code=204,
     )
-    async def logout(
-        self, request: Request[Any, Any, Any], session: DbSession, caller: Caller
-    ) -> Response[None]:
-        if not caller.session:
-            raise BadRequest(
-                "Logout ends a login session (a byteor_ses_ token); "
-                "revoke an API token with DELETE /api/v1/tokens/{token_id}"
-            )
-        await login.end_session(session, caller.user_id, caller.token_id)
+    async def logout(self, request: Request[Any, Any, Any], session: DbSession) -> Response[None]:
         settings = _settings(request)
-        return Response(
+        done = Response(
             content=None,
             status_code=204,
             headers=NO_STORE,
             cookies=[session_cookie(settings, "", 0)],
         )
+        if "authorization" in request.headers:
+            principal = await authenticate_bearer(session, presented_token(request))
+            if not principal.session:
+                raise BadRequest(
+                    "Logout ends a login session (a byteor_ses_ token); "
+                    "revoke an API token with DELETE /api/v1/tokens/{token_id}"
+                )
+            await login.end_session(session, principal.user_id, principal.token_id)
+            return done
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise Unauthorized(
+                "Nothing to log out: send the session as Authorization: Bearer <token> "
+                "or as the byteor_session cookie",
+                error=None,
+            )
+        check_same_origin(request)
+        if TokenKind.of(cookie) is TokenKind.SESSION:
+            try:
+                principal = await authenticate_bearer(session, cookie)
+            except Unauthorized:
+                return done  # already expired or revoked: only the cookie needs clearing
+            await login.end_session(session, principal.user_id, principal.token_id)
+        return done
+
+
+async def _check_issuer(oidc: OidcClient, iss: str | None) -> None:
+    """RFC 9207: the response names who sent it; another issuer is a mix-up attack."""
+    if iss is None:
+        if (await oidc.metadata()).authorization_response_iss_parameter_supported:
+            raise BadRequest("The callback lacks the iss parameter its provider always sends")
+        return
+    if iss != oidc.issuer:
+        raise BadRequest("The callback comes from another issuer than the configured one")

@@ -21,10 +21,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus
 
 import httpx
 import msgspec
-from authlib.oauth2.auth import encode_client_secret_basic
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
@@ -73,6 +73,8 @@ class ProviderMetadata(msgspec.Struct, frozen=True):
         default_factory=lambda: ["client_secret_basic"]
     )
     code_challenge_methods_supported: list[str] | None = None
+    #: RFC 9207: the provider names itself (``iss``) in every authorization response.
+    authorization_response_iss_parameter_supported: bool = False
 
 
 class TokenResponse(msgspec.Struct):
@@ -150,7 +152,7 @@ class OidcClient:
                     body.extend(chunk)
                     if len(body) > MAX_DOCUMENT_BYTES:
                         raise BadGateway("The identity provider sent an oversized response")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             logger.warning("identity provider request failed: %s %s: %s", method, url, exc)
             raise BadGateway(
                 "The identity provider could not be reached; try again later"
@@ -182,7 +184,7 @@ class OidcClient:
                 assert self._metadata is not None  # noqa: S101
                 again: ProviderMetadata = self._metadata.value
                 return again
-            url = f"{self.issuer}/.well-known/openid-configuration"
+            url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
             raw = await self._get_document(url, "discovery document")
             try:
                 metadata = msgspec.json.decode(raw, type=ProviderMetadata)
@@ -190,7 +192,7 @@ class OidcClient:
                 raise BadGateway(
                     f"The identity provider's discovery document is invalid: {exc}"
                 ) from None
-            if metadata.issuer.rstrip("/") != self.issuer:
+            if metadata.issuer != self.issuer:
                 # OpenID Connect Discovery 1.0 §4.3: the issuer must match exactly.
                 raise BadGateway(
                     f"The discovery document names issuer {metadata.issuer!r}, "
@@ -250,16 +252,19 @@ class OidcClient:
         secret = self.settings.oidc_client_secret
         params: dict[str, str] = {"code_verifier": code_verifier}
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        auth: httpx.BasicAuth | None = None
         if secret is not None:
-            client = _BasicClient(self.client_id, secret.get_secret_value())
-            _, headers, _ = encode_client_secret_basic(client, "POST", "", headers, "")
+            # client_secret_basic: RFC 6749 §2.3.1 form-encodes both parts before Basic auth.
+            auth = httpx.BasicAuth(
+                quote_plus(self.client_id), quote_plus(secret.get_secret_value())
+            )
         else:
             params["client_id"] = self.client_id
         body: str = prepare_token_request(
             "authorization_code", code=code, redirect_uri=self.redirect_uri, **params
         )
         response = await self._request(
-            "POST", metadata.token_endpoint, content=body, headers=headers
+            "POST", metadata.token_endpoint, content=body, headers=headers, auth=auth
         )
         if response.status_code != 200:
             self._raise_token_error(response)
@@ -339,8 +344,10 @@ class OidcClient:
                     f"The ID token is not for this login: {exc.description}", error=None
                 ) from None
         audience = claims["aud"]
-        if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != self.client_id:
-            # OpenID Connect Core §3.1.3.7 (4, 5): several audiences need azp to be us.
+        azp = claims.get("azp")
+        several = isinstance(audience, list) and len(audience) > 1
+        if (several or azp is not None) and azp != self.client_id:
+            # OpenID Connect Core §3.1.3.7 (4, 5): azp, when present or needed, must be us.
             raise Unauthorized("The ID token was issued to another client (azp)", error=None)
         if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= 255:
             raise Unauthorized("The ID token's sub claim is not a usable identifier", error=None)
@@ -358,7 +365,7 @@ class OidcClient:
         return IdentityClaims(
             issuer=self.issuer,
             subject=str(claims["sub"]),
-            email=email.strip().lower() if isinstance(email, str) and email.strip() else None,
+            email=_normalise_email(email),
             email_verified=verified is True or verified == "true",
             name=name[:128] if isinstance(name, str) and name.strip() else None,
         )
@@ -381,9 +388,9 @@ class OidcClient:
         return {k: v for k, v in info.items() if k in ("email", "email_verified", "name")}
 
 
-@dataclass(frozen=True, slots=True)
-class _BasicClient:
-    """The two attributes authlib's client authentication reads."""
-
-    client_id: str
-    client_secret: str
+def _normalise_email(value: object) -> str | None:
+    """An address as users are stored: trimmed, ASCII letters lowercased (never Unicode-folded)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    value = value.strip()
+    return value.lower() if value.isascii() else value

@@ -46,12 +46,22 @@ def _address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
+#: Unauthenticated routes that always spend the address's budget, whatever the request carries.
+ALWAYS_ANONYMOUS = re.compile(r"^/auth/(login|callback)/?$")
+
+
 def _has_credential(scope: Scope) -> bool:
-    """An ``Authorization`` header or a login session cookie."""
-    return any(
-        name == b"authorization" or (name == b"cookie" and b"byteor_session=" in value)
-        for name, value in scope.get("headers", [])
-    )
+    """An ``Authorization`` header or a login session cookie (on routes that take credentials)."""
+    if ALWAYS_ANONYMOUS.match(scope["path"]):
+        return False
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return True
+        if name == b"cookie" and any(
+            part.strip().startswith(b"byteor_session=") for part in value.split(b";")
+        ):
+            return True
+    return False
 
 
 def _refuse(verdict: Verdict, detail: str) -> TooManyRequests:

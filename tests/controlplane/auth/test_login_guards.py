@@ -27,10 +27,11 @@ from controlplane.auth.login import (
     safe_redirect,
     seal_flow,
 )
-from controlplane.auth.secrets import TokenKind
+from controlplane.auth.oidc import OidcClient, _normalise_email
+from controlplane.auth.secrets import TokenKind, digest_token
 from controlplane.auth.service import new_token_row
 from controlplane.db.models import ApiTokenRow, LoginStateRow, UserRow
-from controlplane.errors import BadRequest
+from controlplane.errors import BadRequest, Unauthorized
 from controlplane.settings import Settings
 from shared.problem import PROBLEM_CONTENT_TYPE
 from tests.backends import throwaway_database
@@ -98,7 +99,7 @@ def test_oidc_settings_from_the_environment(
     monkeypatch.setenv("BYTEOR_CLOUD_SESSION_TTL_SECONDS", "3600")
     settings = Settings(data_dir=tmp_path)
     assert settings.oidc_enabled
-    assert settings.oidc_issuer == "https://id.example.com/realms/ops"
+    assert settings.oidc_issuer == "https://id.example.com/realms/ops/"  # kept exactly
     assert settings.public_base_url == "https://byteor.example.com"
     assert settings.oidc_allowed_email_domains == ["example.com", "corp.io"]
     assert settings.oidc_allowed_emails == ["ada@partner.org"]
@@ -149,6 +150,9 @@ def test_same_origin_paths_are_accepted(value: str) -> None:
         "javascript:alert(1)",
         "/orgs\r\nSet-Cookie: x=y",
         "/ space",
+        "/\u4e2d",
+        "/\x85x",
+        "/\x7f",
         "/" + "a" * 2048,
     ],
 )
@@ -175,6 +179,8 @@ class Configured:
         return seal_flow(self.stack.app.state.kek, flow)
 
     async def callback(self, flow: LoginFlow | None, query: str, **kwargs: Any) -> httpx.Response:
+        if "error=" in query or "code=" not in query:
+            query += f"&iss={self.stack.settings.oidc_issuer}"  # as RFC 9207 providers send it
         headers = cookie(LOGIN_COOKIE, self.cookie(flow)) if flow is not None else {}
         return await self.client.get(f"/auth/callback{query}", headers=headers, **kwargs)
 
@@ -248,7 +254,7 @@ async def test_callback_refusals_issue_nothing(configured: Configured) -> None:
         (good, "?code=abc&state=someone-elses", {}, 400, "does not match"),
         (good, f"?code=abc&state={good.state[:-1]}", {}, 400, "does not match"),
         (configured.flow(expires=int(time.time()) - 1), "?code=a&state=", {}, 400, "expired"),
-        (good, "?code=abc&state=" + "s" * 600, {}, 400, "state"),
+        (good, "?code=abc&state=" + "s" * 600, {}, 400, "state: "),
     ]
     for flow, query, kwargs, status, needle in cases:
         if flow is not None and query.endswith("state="):
@@ -258,13 +264,22 @@ async def test_callback_refusals_issue_nothing(configured: Configured) -> None:
     # a forged or altered cookie
     sealed = configured.cookie(good)
     forged = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
-    for value in (forged, "not-a-cookie", "", sealed[: len(sealed) // 2]):
+    for value, needle in [
+        (forged, "not valid"),
+        ("not-a-cookie", "not valid"),
+        (sealed[: len(sealed) // 2], "not valid"),
+        ("", "No login is in progress"),
+    ]:
         response = await configured.client.get(
             f"/auth/callback?code=abc&state={good.state}", headers=cookie(LOGIN_COOKIE, value)
         )
-        assert_problem(response, 400)
+        assert_problem(response, 400, needle)
     assert await stack.count(ApiTokenRow, ApiTokenRow.kind == "session") == 0
-    assert await stack.count(LoginStateRow) == 0  # nothing was recorded for refused callbacks
+    # nothing was recorded for refused callbacks: the good state can still be used once
+    assert (
+        await stack.count(LoginStateRow, LoginStateRow.state_digest == digest_token(good.state))
+        == 0
+    )
 
 
 async def test_refusals_clear_the_login_cookie(configured: Configured) -> None:
@@ -377,6 +392,29 @@ async def test_session_cookie_authenticates_reads_and_same_origin_changes_only(
     assert names.count("from-browser") == 2  # the refused ones wrote nothing
 
 
+async def test_every_changing_method_needs_same_origin_with_the_cookie(
+    configured: Configured,
+) -> None:
+    stack = configured.stack
+    actor = await person(configured)
+    tree = await stack.tree(actor)
+    token = await configured.session_token(actor.user_id)
+    client = configured.client
+    cookies = cookie(SESSION_COOKIE, token)
+    for origin in (None, "null", "HTTP://TESTSERVER:8080", "http://testserver.evil.example"):
+        headers = dict(cookies) if origin is None else {**cookies, "Origin": origin}
+        put = await client.put(tree.project_path, json={"name": "renamed"}, headers=headers)
+        assert_problem(put, 403, "Cross-site")
+        deleted = await client.delete(tree.env_path, headers=headers)
+        assert_problem(deleted, 403, "Cross-site")
+    assert (await stack.ok("GET", tree.project_path, actor))["name"] == "payments"
+    assert (await stack.call("GET", tree.env_path, actor)).status_code == 200
+    same = {**cookies, "Origin": "HTTP://TestServer"}  # scheme and host compare case-insensitively
+    put = await client.put(tree.project_path, json={"name": "renamed"}, headers=same)
+    assert put.status_code == 200, put.text
+    assert (await client.delete(tree.env_path, headers=same)).status_code == 204
+
+
 async def test_only_session_tokens_are_accepted_in_the_cookie(configured: Configured) -> None:
     actor = await person(configured)
     response = await configured.client.get(
@@ -419,12 +457,36 @@ async def test_logout_by_cookie_needs_same_origin(configured: Configured) -> Non
     assert_problem(await configured.client.get("/api/v1/me", headers=cookies), 401)
 
 
+async def test_logout_clears_a_stale_cookie(configured: Configured) -> None:
+    actor = await person(configured)
+    token = await configured.session_token(actor.user_id)
+    assert (
+        await configured.stack.call("POST", "/auth/logout", Actor(actor.user_id, token))
+    ).status_code == 204
+    for stale in (token, "byteor_ses_unknown", "garbage"):
+        response = await configured.client.post(
+            "/auth/logout", headers=cookie(SESSION_COOKIE, stale, Origin=PUBLIC)
+        )
+        assert response.status_code == 204, response.text
+        assert any(
+            c.startswith(f'{SESSION_COOKIE}=""') and "Max-Age=0" in c
+            for c in response.headers.get_list("set-cookie")
+        )
+    cross = await configured.client.post("/auth/logout", headers=cookie(SESSION_COOKIE, token))
+    assert_problem(cross, 403, "Cross-site")
+
+
 async def test_logout_refuses_api_tokens_and_anonymous(configured: Configured) -> None:
     stack = configured.stack
     actor = await person(configured)
     assert_problem(await stack.call("POST", "/auth/logout", actor), 400, "DELETE /api/v1/tokens")
     assert (await stack.call("GET", "/api/v1/me", actor)).status_code == 200
-    assert_problem(await stack.call("POST", "/auth/logout"), 401)
+    assert_problem(await stack.call("POST", "/auth/logout"), 401, "Nothing to log out")
+    assert_problem(
+        await stack.call("POST", "/auth/logout", Actor(actor.user_id, "byteor_ses_nope")),
+        401,
+        "unknown",
+    )
 
 
 async def test_expired_session_is_refused(configured: Configured) -> None:
@@ -448,3 +510,100 @@ async def test_sessions_die_with_their_user(configured: Configured) -> None:
         await session.delete(user)
         await session.commit()
     assert await stack.count(ApiTokenRow, ApiTokenRow.user_id == actor.user_id) == 0
+
+
+async def test_login_routes_always_spend_the_address_budget(tmp_path: Path) -> None:
+    limits = {**GENEROUS_RATE_LIMITS, "rate_limit_anonymous": "5/minute"}
+    app = create_app(Settings(data_dir=tmp_path, **limits))
+    async with app.lifespan(), in_process_client(app) as client:
+        statuses = []
+        for _ in range(8):
+            response = await client.get(
+                "/auth/login", headers=cookie(SESSION_COOKIE, "byteor_ses_junk")
+            )
+            statuses.append(response.status_code)
+        callback = await client.get("/auth/callback", headers={"Authorization": "Bearer x"})
+    assert statuses == [503] * 5 + [429] * 3
+    assert callback.status_code == 429
+    assert "retry-after" in callback.headers
+
+
+def relying_party(tmp_path: Path, issuer: str) -> OidcClient:
+    return OidcClient.from_settings(
+        Settings(
+            data_dir=tmp_path,
+            oidc_issuer=issuer,
+            oidc_client_id="byteor",
+            public_base_url=PUBLIC,
+        )
+    )
+
+
+def id_claims(issuer: str, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": "subject-1",
+        "aud": "byteor",
+        "exp": now + 60,
+        "iat": now,
+        "nonce": "n-1",
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+async def test_id_token_claims_are_checked_exactly(tmp_path: Path) -> None:
+    issuer = "https://tenant.example/"  # some providers' issuers end in a slash
+    rp = relying_party(tmp_path, issuer)
+    try:
+        rp._check_claims(id_claims(issuer), "n-1")
+        rp._check_claims(id_claims(issuer, aud=["byteor", "api"], azp="byteor"), "n-1")
+        refused: list[tuple[dict[str, Any], str]] = [
+            (id_claims("https://tenant.example"), "iss"),
+            (id_claims(issuer, iss=None), "iss"),
+            (id_claims(issuer, aud="other"), "aud"),
+            (id_claims(issuer, aud=["byteor", "api"]), "azp"),
+            (id_claims(issuer, azp="other"), "azp"),
+            (id_claims(issuer, exp=int(time.time()) - 120), "expired"),
+            (id_claims(issuer, iat=None), "iat"),
+            (id_claims(issuer, nbf=int(time.time()) + 600), "not yet valid"),
+            (id_claims(issuer, nonce="n-2"), "nonce"),
+            (id_claims(issuer, nonce=None), "nonce"),
+            (id_claims(issuer, sub=None), "sub"),
+            (id_claims(issuer, sub=42), "sub"),
+            (id_claims(issuer, sub="x" * 300), "sub"),
+        ]
+        for claims, needle in refused:
+            with pytest.raises(Unauthorized) as caught:
+                rp._check_claims(claims, "n-1")
+            assert needle in caught.value.detail, (claims, caught.value.detail)
+    finally:
+        await rp.aclose()
+
+
+def test_the_issuer_keeps_its_trailing_slash_and_discovery_is_beneath_it(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        oidc_issuer="https://tenant.example/",
+        oidc_client_id="byteor",
+        public_base_url=PUBLIC + "/",
+    )
+    assert settings.oidc_issuer == "https://tenant.example/"
+    assert settings.public_base_url == PUBLIC
+
+
+@pytest.mark.parametrize(
+    ("email", "expected"),
+    [
+        (" Ada@Example.COM ", "ada@example.com"),
+        ("\u212aelvin@example.com", "\u212aelvin@example.com"),  # never Unicode-folded to k
+        ("", None),
+        (42, None),
+        (None, None),
+    ],
+)
+def test_addresses_from_the_provider_are_normalised_safely(
+    email: object, expected: str | None
+) -> None:
+    assert _normalise_email(email) == expected

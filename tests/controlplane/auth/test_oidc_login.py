@@ -8,6 +8,7 @@ another real one, which is how the expired-token and wrong-audience cases are pr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +38,18 @@ pytestmark = pytest.mark.anyio
 
 PUBLIC = "http://testserver"
 CALLBACK = f"{PUBLIC}/auth/callback"
-RP = {"client_id": "byteor", "client_secret": "rp-secret", "redirect_uris": [CALLBACK]}
+PREFIXED_CALLBACK = f"{PUBLIC}/cp/auth/callback"
+RP = {
+    "client_id": "byteor",
+    "client_secret": "rp-secret",
+    "redirect_uris": [CALLBACK, PREFIXED_CALLBACK],
+}
+#: A secret with characters client_secret_basic must form-encode (RFC 6749 §2.3.1).
+ODD_RP = {
+    "client_id": "byteor:odd",
+    "client_secret": "p+a%s:s/w&rd=~!",
+    "redirect_uris": [CALLBACK],
+}
 OTHER_RP = {"client_id": "other-app", "client_secret": "other-secret", "redirect_uris": [CALLBACK]}
 SHORT_RP = {
     "client_id": "byteor-short",
@@ -64,7 +76,7 @@ def idp() -> Iterator[IdP]:
     with (
         TokenTamperingProxy() as proxy,
         OidcProvider(
-            [RP, OTHER_RP, SHORT_RP], issuer=proxy.url, conform_id_token_claims=True
+            [RP, OTHER_RP, SHORT_RP, ODD_RP], issuer=proxy.url, conform_id_token_claims=True
         ) as provider,
     ):
         proxy.upstream = provider.url
@@ -194,6 +206,7 @@ async def start_login(
     login: str,
     redirect_to: str | None = None,
     approve: bool = True,
+    callback_url: str = CALLBACK,
 ) -> Started:
     params = {"redirect_to": redirect_to} if redirect_to else {}
     response = await browser.get("/auth/login", params=params)
@@ -204,7 +217,7 @@ async def start_login(
         idp_browser,
         response.headers["location"],
         login=login,
-        redirect_prefix=CALLBACK,
+        redirect_prefix=callback_url,
         approve=approve,
     )
     return Started(browser=browser, callback=callback, login_cookie=sealed)
@@ -609,3 +622,128 @@ async def test_discovery_is_cached(plane: Plane) -> None:
         for _ in range(3):
             assert (await client.get("/auth/login")).status_code == 302
         assert plane.idp.proxy.hits[DISCOVERY] == before + 1
+
+
+async def test_clock_skew_tolerance_accepts_a_slightly_late_id_token(plane: Plane) -> None:
+    email = f"{plane.stack.unique('skew')}@example.com"
+    await invite(plane, email)
+    async with plane.variant(
+        oidc_client_id=SHORT_RP["client_id"],
+        oidc_client_secret=SHORT_RP["client_secret"],
+        oidc_clock_skew_seconds=30,
+    ) as tolerant:
+        view = Plane(tolerant, plane.idp, plane.directory, plane.url)
+        async with browsers(view) as (browser, idp_browser):
+            started = await start_login(browser, idp_browser, login=email)
+            plane.idp.proxy.token_delay = 2.5  # past exp, within the 30 s tolerance
+            response = await started.finish()
+            assert response.status_code == 200, response.text
+
+
+async def test_email_comes_from_userinfo_when_the_id_token_lacks_it(plane: Plane) -> None:
+    email = f"{plane.stack.unique('info')}@example.com"
+    await invite(plane, email)
+    before = plane.idp.proxy.hits["/me"]
+    response = await log_in(plane, email)
+    assert response.status_code == 200, response.text
+    assert response.json()["email"] == email
+    assert plane.idp.proxy.hits["/me"] == before + 1  # oidc-provider's userinfo endpoint
+
+
+async def test_email_in_the_id_token_needs_no_userinfo(plane: Plane) -> None:
+    with (
+        TokenTamperingProxy() as proxy,
+        OidcProvider([RP], issuer=proxy.url, conform_id_token_claims=False) as provider,
+    ):
+        proxy.upstream = provider.url
+        other = IdP(provider, proxy)
+        email = f"{plane.stack.unique('idtoken')}@example.com"
+        await invite(plane, email)
+        async with running(
+            rp_settings(other, plane.directory, plane.url, oidc_issuer=other.issuer)
+        ) as stack:
+            view = Plane(stack, other, plane.directory, plane.url)
+            response = await log_in(view, email)
+        assert response.status_code == 200, response.text
+        assert response.json()["email"] == email
+        assert proxy.hits["/me"] == 0
+        assert proxy.hits["/token"] == 1
+
+
+async def test_a_new_subject_cannot_take_over_an_address_already_linked(plane: Plane) -> None:
+    stack = plane.stack
+    email = f"{stack.unique('owner')}@example.com"
+    await invite(plane, email)
+    first = await log_in(plane, email)
+    assert first.status_code == 200, first.text
+    impostor = stack.unique("recycled")
+    plane.idp.provider.set_account(impostor, email=email, email_verified=True)
+    before = await plane.session_tokens()
+    assert_problem(await log_in(plane, impostor), 403, "already belongs to another account")
+    assert await stack.count(UserIdentityRow, UserIdentityRow.subject == impostor) == 0
+    assert await plane.session_tokens() == before
+
+
+async def test_concurrent_first_logins_of_one_person_never_fail_with_500(plane: Plane) -> None:
+    stack = plane.stack
+    async with plane.variant(oidc_allowed_email_domains="race.example") as racing:
+        view = Plane(racing, plane.idp, plane.directory, plane.url)
+        email = f"{stack.unique('twin')}@race.example"
+        async with browsers(view) as (one, idp_one), browsers(view) as (two, idp_two):
+            first = await start_login(one, idp_one, login=email)
+            second = await start_login(two, idp_two, login=email)
+            responses = await asyncio.gather(first.finish(), second.finish())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses in ([200, 200], [200, 409]), [r.text for r in responses]
+    assert await stack.count(UserRow, UserRow.email == email) == 1
+    user_ids = {r.json()["user_id"] for r in responses if r.status_code == 200}
+    assert len(user_ids) == 1
+
+
+async def test_a_callback_without_iss_is_refused_when_the_provider_sends_it(plane: Plane) -> None:
+    async with browsers(plane) as (browser, idp_browser):
+        started = await start_login(
+            browser, idp_browser, login=f"{plane.stack.unique('noiss')}@example.com"
+        )
+        parts = urlsplit(started.callback)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items() if k != "iss"}
+        stripped = urlunsplit(("", "", parts.path, urlencode(query), ""))
+        assert_problem(await started.finish(stripped), 400, "lacks the iss parameter")
+
+
+async def test_client_secrets_are_form_encoded_for_basic_auth(plane: Plane) -> None:
+    email = f"{plane.stack.unique('odd')}@example.com"
+    await invite(plane, email)
+    async with plane.variant(
+        oidc_client_id=ODD_RP["client_id"], oidc_client_secret=ODD_RP["client_secret"]
+    ) as odd:
+        response = await log_in(Plane(odd, plane.idp, plane.directory, plane.url), email)
+    assert response.status_code == 200, response.text
+
+
+async def test_a_public_base_url_with_a_path_prefix(plane: Plane) -> None:
+    email = f"{plane.stack.unique('prefix')}@example.com"
+    await invite(plane, email)
+    async with plane.variant(public_base_url=f"{PUBLIC}/cp") as prefixed:
+        view = Plane(prefixed, plane.idp, plane.directory, plane.url)
+        async with browsers(view) as (browser, idp_browser):
+            started = await start_login(
+                browser,
+                idp_browser,
+                login=email,
+                redirect_to="/orgs",
+                callback_url=PREFIXED_CALLBACK,
+            )
+            login_cookie = next(c for c in browser.cookies.jar if c.name == LOGIN_COOKIE)
+            assert login_cookie.path == "/cp/auth/callback"
+            # a reverse proxy strips /cp before the request reaches the API
+            response = await browser.get(
+                path_of(started.callback).removeprefix("/cp"),
+                headers={"Cookie": f"{LOGIN_COOKIE}={started.login_cookie}"},
+            )
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"{PUBLIC}/cp/orgs"
+    session_cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")
+    )
+    assert "Path=/cp/" in session_cookie
