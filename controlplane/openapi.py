@@ -77,6 +77,15 @@ def _problem(description: str, status: str) -> OpenAPIResponse:
     )
 
 
+#: Further problems of the login routes (besides the shared ones).
+LOGIN_ERRORS = {
+    "502": "The identity provider is unreachable, answered nonsense or refused this client",
+    "503": "Login is not configured on this server (BYTEOR_CLOUD_OIDC_*)",
+}
+#: Routes anyone may call: no credential is expected.
+PUBLIC_ROUTES = ("/auth/login", "/auth/callback")
+
+
 def document_errors(app: Litestar) -> None:
     """Add the shared error responses to every API operation of ``app``'s OpenAPI document."""
     schema = app.openapi_schema
@@ -94,4 +103,14 @@ def document_errors(app: Litestar) -> None:
                 if status == "413" and method in ("get", "delete"):
                     continue
                 responses[status] = _problem(description, status)
+            if path in PUBLIC_ROUTES:
+                for status, description in LOGIN_ERRORS.items():
+                    responses[status] = _problem(description, status)
+            if path == "/auth/callback":
+                responses["303"] = OpenAPIResponse(
+                    description="Logged in: the same body, redirecting to the login's redirect_to",
+                    headers={"Location": OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING))},
+                )
+            if path in PUBLIC_ROUTES:
+                operation.security = [{}]  # no credential (an empty requirement)
             operation.responses = responses

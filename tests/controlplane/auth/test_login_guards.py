@@ -607,3 +607,19 @@ def test_addresses_from_the_provider_are_normalised_safely(
     email: object, expected: str | None
 ) -> None:
     assert _normalise_email(email) == expected
+
+
+async def test_openapi_documents_the_login_routes(stack: Stack) -> None:
+    schema = (await stack.call("GET", "/schema/openapi.json")).json()
+    login = schema["paths"]["/auth/login"]["get"]
+    callback = schema["paths"]["/auth/callback"]["get"]
+    logout = schema["paths"]["/auth/logout"]["post"]
+    assert {"302", "400", "429", "502", "503"} <= set(login["responses"])
+    assert {"200", "303", "400", "401", "403", "502", "503"} <= set(callback["responses"])
+    assert {"204", "400", "401", "403"} <= set(logout["responses"])
+    assert login["security"] == [{}]
+    assert callback["security"] == [{}]
+    assert {"bearer": []} in logout["security"]
+    assert {p["name"] for p in callback["parameters"]} >= {"code", "state", "error", "iss"}
+    assert "LoginSession" in str(callback["responses"]["200"])
+    assert "session_cookie" in schema["components"]["securitySchemes"]

@@ -39,10 +39,11 @@ pytestmark = pytest.mark.anyio
 PUBLIC = "http://testserver"
 CALLBACK = f"{PUBLIC}/auth/callback"
 PREFIXED_CALLBACK = f"{PUBLIC}/cp/auth/callback"
+SECURE_CALLBACK = "https://testserver/auth/callback"
 RP = {
     "client_id": "byteor",
     "client_secret": "rp-secret",
-    "redirect_uris": [CALLBACK, PREFIXED_CALLBACK],
+    "redirect_uris": [CALLBACK, PREFIXED_CALLBACK, SECURE_CALLBACK],
 }
 #: A secret with characters client_secret_basic must form-encode (RFC 6749 §2.3.1).
 ODD_RP = {
@@ -747,3 +748,36 @@ async def test_a_public_base_url_with_a_path_prefix(plane: Plane) -> None:
         c for c in response.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")
     )
     assert "Path=/cp/" in session_cookie
+
+
+async def test_cookies_are_secure_behind_an_https_public_url(plane: Plane) -> None:
+    email = f"{plane.stack.unique('tls')}@example.com"
+    await invite(plane, email)
+    async with plane.variant(public_base_url="https://testserver") as tls:
+        view = Plane(tls, plane.idp, plane.directory, plane.url)
+        async with view.browser() as browser, httpx.AsyncClient(trust_env=False) as idp_browser:
+            response = await browser.get("/auth/login")
+            login_cookie = next(
+                c
+                for c in response.headers.get_list("set-cookie")
+                if c.startswith(f"{LOGIN_COOKIE}=")
+            )
+            assert "Secure" in login_cookie
+            callback = await browser_login(
+                idp_browser,
+                response.headers["location"],
+                login=email,
+                redirect_prefix=SECURE_CALLBACK,
+            )
+            sealed = login_cookie.split(";")[0].split("=", 1)[1]
+            # (TLS terminates at a proxy in front of the API; httpx's jar would not send a
+            # Secure cookie over http, so the browser's header is written out here)
+            finished = await browser.get(
+                path_of(callback), headers={"Cookie": f"{LOGIN_COOKIE}={sealed}"}
+            )
+    assert finished.status_code == 200, finished.text
+    session_cookie = next(
+        c for c in finished.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")
+    )
+    assert "Secure" in session_cookie
+    assert "HttpOnly" in session_cookie
