@@ -30,7 +30,14 @@ from agent.errors import (
 )
 from agent.retry import DEFAULT_BACKOFF_MULTIPLIER, Sleep, build_retrying, parse_retry_after
 from shared import __version__
-from shared.agents import AgentRecord, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse
+from shared.agents import (
+    AgentRecord,
+    EnrollRequest,
+    EnrollResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    IdentityKey,
+)
 from shared.artifacts import ArtifactMetadata, ArtifactReceipt
 from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
@@ -78,6 +85,7 @@ _HEARTBEAT: Final = msgspec.json.Decoder(HeartbeatResponse)
 _ENVELOPE: Final = msgspec.json.Decoder(Envelope)
 _DEPLOYMENT: Final = msgspec.json.Decoder(AgentDeployment)
 _RECEIPT: Final = msgspec.json.Decoder(ArtifactReceipt)
+_IDENTITY: Final = msgspec.json.Decoder(IdentityKey)
 #: Most bytes of an error response body read during a streamed download.
 _MAX_ERROR_BODY: Final = 64 * 1024
 _DOWNLOAD_FILE_MODE: Final = 0o600
@@ -220,6 +228,17 @@ class ControlPlaneClient:
         """
         path, credential = self._agent_route("")
         return await self._call("GET", path, _RECORD, credential)
+
+    async def register_identity(self, public_key: str) -> None:
+        """Register the agent's artifact-signing public key (idempotent for the same key).
+
+        Raises:
+            RequestRejected: 409 when another key is registered (the agent must be re-enrolled).
+            AgentError: A subclass per other failure (see :mod:`agent.errors`).
+        """
+        path, credential = self._agent_route("/identity-key")
+        body = _ENCODER.encode(IdentityKey(public_key=public_key))
+        await self._call("PUT", path, _IDENTITY, credential, body)
 
     async def heartbeat(self, hb: Heartbeat) -> HeartbeatResponse:
         """Send a heartbeat.

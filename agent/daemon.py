@@ -95,6 +95,11 @@ class Agent:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
+    def _identity_registered(self) -> None:
+        if self.state is not None and not self.state.identity_registered:
+            self.state.identity_registered = True
+            save_state(self.settings.state_dir, self.state)
+
     async def run(self) -> None:
         """Enroll (if needed), start the jobs, and wait until :meth:`shutdown`."""
         prime_cpu_sampling()
@@ -108,7 +113,12 @@ class Agent:
         self._sync_deployment_status()
         identity = load_or_create_identity(self.settings.state_dir)
         self.uploader = Uploader(
-            self.settings, self.client, self.spool, identity, lambda: self.state
+            self.settings,
+            self.client,
+            self.spool,
+            identity,
+            lambda: self.state,
+            on_identity_registered=self._identity_registered,
         )
         self.notifier.status(f"{'enrolled' if enrolled else 'starting'} as {state.agent_id}")
         scheduler = AsyncIOScheduler(timezone=UTC)

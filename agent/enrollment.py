@@ -5,6 +5,7 @@ Order of precedence:
 1. ``BYTEOR_AGENT_ID`` and ``BYTEOR_AGENT_API_KEY`` set: no enrollment. The state file is created
    from the agent's own record and the key set served now (trust on first use), unless it already
    holds this agent, in which case the stored key wins (it may have rotated since provisioning).
+   The agent's identity key is registered by the uploader before its first upload.
 2. A state file exists: the agent is enrolled; the enrollment token is ignored.
 3. Otherwise enroll with ``BYTEOR_ENROLLMENT_TOKEN`` into ``BYTEOR_ORG_ID`` /
    ``BYTEOR_PROJECT_ID`` / ``BYTEOR_ENVIRONMENT_ID`` and persist the result atomically (0600)
@@ -127,6 +128,7 @@ async def ensure_enrolled(
         keyset=response.signing_keys,
         keyset_version=keyset.version,
         enrolled_at=datetime.now(UTC),
+        identity_registered=True,  # its public half went with the enrollment request
     )
     save_state(settings.state_dir, state)
     logger.info(

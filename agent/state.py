@@ -62,6 +62,7 @@ class AgentState(msgspec.Struct, kw_only=True):
         active_bundle_digest: The active bundle's digest (``sha256:<hex>``), if any.
         active_spec_hash: The active bundle's spec hash, if any.
         previous_bundle_digest: The bundle that was active before the current one, if any.
+        identity_registered: Whether the control plane holds the agent's identity key.
     """
 
     agent_id: str
@@ -79,6 +80,9 @@ class AgentState(msgspec.Struct, kw_only=True):
     active_bundle_digest: str | None = None
     active_spec_hash: str | None = None
     previous_bundle_digest: str | None = None
+    #: Whether the control plane holds this agent's identity key (sent at enrollment, or
+    #: registered before the first upload by agents on pre-provisioned credentials).
+    identity_registered: bool = False
 
     def __repr__(self) -> str:
         """A representation without the secrets, safe to log."""

@@ -28,6 +28,7 @@ from agent.errors import (
     RequestRejected,
     Unauthorized,
 )
+from agent.identity import public_key_b64
 from agent.spool import Spool, SpoolEntry
 from agent.state import ensure_state_dir
 from shared.artifacts import MAX_ARTIFACT_BYTES, ArtifactMetadata, sign_metadata
@@ -71,6 +72,7 @@ class Uploader:
         spool: Spool,
         identity: Ed25519PrivateKey,
         state_getter: Callable[[], AgentState | None],
+        on_identity_registered: Callable[[], None] | None = None,
     ) -> None:
         """Create the uploader (no I/O).
 
@@ -80,12 +82,16 @@ class Uploader:
             spool: The spool to drain.
             identity: The agent's signing key (:func:`agent.identity.load_or_create_identity`).
             state_getter: Returns the agent's current state (``None`` before enrollment).
+            on_identity_registered: Called once the control plane holds the identity key (the
+                daemon records it in the state file).
         """
         self._settings = settings
         self._client = client
         self.spool = spool
         self._identity = identity
         self._state = state_getter
+        self._on_identity_registered = on_identity_registered
+        self._identity_refused = False
         self.outbox = outbox_dir(settings.state_dir)
 
     def sign(self, entry: SpoolEntry, agent_id: str) -> ArtifactMetadata:
@@ -139,6 +145,8 @@ class Uploader:
         except OSError as exc:
             logger.warning("cannot list the spool: %s", exc)
             return 0
+        if entries and not state.identity_registered and not await self._register_identity():
+            return 0
         sent = 0
         for entry in entries:
             try:
@@ -150,6 +158,31 @@ class Uploader:
                 return sent
             sent += outcome
         return sent
+
+    async def _register_identity(self) -> bool:
+        """Make sure the control plane holds the identity key; ``False`` keeps the spool as is.
+
+        Agents enrolled with a token sent the key at enrollment; agents on pre-provisioned
+        credentials register it here, once, before their first upload.
+        """
+        try:
+            await self._client.register_identity(public_key_b64(self._identity))
+        except RequestRejected as exc:
+            if not self._identity_refused:  # said once; later rounds retry quietly
+                self._identity_refused = True
+                logger.error(  # noqa: TRY400 - an expected refusal, not a crash
+                    "the control plane holds another identity key for this agent (%s); uploads "
+                    "stay spooled until the agent is deleted and the host enrolled again",
+                    exc.detail or exc,
+                )
+            return False
+        except AgentError as exc:
+            logger.warning("cannot register the identity key yet (%s); retrying next round", exc)
+            return False
+        logger.info("registered this agent's identity key with the control plane")
+        if self._on_identity_registered is not None:
+            self._on_identity_registered()
+        return True
 
     async def _upload_one(self, entry: SpoolEntry, agent_id: str) -> int | None:
         """1 if acknowledged, 0 if rejected (round goes on), ``None`` to end the round."""

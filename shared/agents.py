@@ -24,6 +24,7 @@ __all__ = [
     "EnrollResponse",
     "Heartbeat",
     "HeartbeatResponse",
+    "IdentityKey",
     "Resources",
     "SpoolStats",
 ]
@@ -54,6 +55,16 @@ class EnrollRequest(Message):
     hostname: Annotated[str, Meta(max_length=255)] | None = None
     public_key: Annotated[str, Meta(max_length=128)] | None = None
     agent_version: Short | None = None
+
+
+class IdentityKey(Message):
+    """``PUT /api/v1/agents/{agent_id}/identity-key``: the agent's artifact-signing public key.
+
+    Registered once (agents that enroll send it with the enrollment request); the same key again
+    is a no-op, another one a 409.
+    """
+
+    public_key: Annotated[str, Meta(max_length=128)]
 
 
 class EnrollResponse(Message):
@@ -137,3 +148,5 @@ class AgentRecord(Message):
     resources: Resources | None = None
     spool: SpoolStats | None = None
     created_at: datetime | None = None
+    #: The agent's Ed25519 identity key (base64url), which signs its artifact uploads.
+    public_key: str | None = None

@@ -13,6 +13,7 @@ the artifact already stored, so retries never duplicate.
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -29,10 +30,14 @@ __all__ = [
     "ArtifactKind",
     "ArtifactMetadata",
     "ArtifactReceipt",
+    "is_identity_key",
     "sign_metadata",
     "signing_bytes",
     "verify_metadata",
 ]
+
+#: 32 bytes in unpadded base64url: 43 characters, the last one carrying 2 bits.
+_IDENTITY_KEY = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 
 #: Largest accepted artifact (the file part); larger uploads are refused with 413 while streaming.
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -78,6 +83,17 @@ def sign_metadata(metadata: ArtifactMetadata, key: Ed25519PrivateKey) -> Artifac
     signature = key.sign(signing_bytes(metadata))
     encoded = base64.urlsafe_b64encode(signature).decode().rstrip("=")
     return msgspec.structs.replace(metadata, signature=encoded)
+
+
+def is_identity_key(public_key: str) -> bool:
+    """Whether ``public_key`` is base64url (unpadded) of a raw 32-byte Ed25519 public key."""
+    if _IDENTITY_KEY.fullmatch(public_key) is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(public_key + "="))
+    except ValueError:
+        return False
+    return True
 
 
 def verify_metadata(metadata: ArtifactMetadata, public_key: str) -> bool:

@@ -18,10 +18,11 @@ from controlplane.agents.keys import issue_agent_key
 from controlplane.auth.secrets import TokenKind, digest_token, issue_secret
 from controlplane.db.models import AgentRow, EnrollmentTokenRow, EnvironmentRow
 from controlplane.db.types import utcnow
-from controlplane.errors import Conflict, NotFound, Unauthorized
+from controlplane.errors import BadRequest, Conflict, NotFound, Unauthorized
 from controlplane.signing.service import current_keyset
 from shared.agents import EnrollRequest, EnrollResponse
 from shared.agents_admin import EnrollmentToken
+from shared.artifacts import is_identity_key
 from shared.ids import new_id
 from shared.roles import Role
 
@@ -176,6 +177,8 @@ async def enroll(
     request: EnrollRequest,
 ) -> EnrollResponse:
     """Consume one use of ``token`` and create the agent with its runtime key (shown once)."""
+    if request.public_key is not None and not is_identity_key(request.public_key):
+        raise BadRequest("public_key must be an Ed25519 public key: 43 characters of base64url")
     base = _base_name(request)
     for _ in range(MAX_NAME_ATTEMPTS):
         used = await _consume(session, token, org_id, env_id)

@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File
@@ -19,7 +19,14 @@ from controlplane.deployments.rollout import apply_report, latest_target
 from controlplane.deps import Blobs, Caller, DbSession, Kek, Paging, Where
 from controlplane.errors import NotFound
 from controlplane.signing.service import current_keyset
-from shared.agents import AgentRecord, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse
+from shared.agents import (
+    AgentRecord,
+    EnrollRequest,
+    EnrollResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    IdentityKey,
+)
 from shared.agents_admin import (
     AgentKeyRotated,
     EnrollmentToken,
@@ -195,6 +202,26 @@ class AgentRuntimeController(Controller):
         agent_id: FromPath[str],
     ) -> AgentRecord:
         return await service.own_record(session, _agent(request), state.settings, state.heartbeats)
+
+    @put(
+        "/identity-key",
+        status_code=200,
+        opt={"scope": "agent:artifact_upload"},
+        summary="Register the agent's artifact-signing public key (once; same key again is a no-op)",
+        description=(
+            "Agents enrolled with a token sent it at enrollment; agents run on pre-provisioned "
+            "credentials register it here before their first upload. Another key than the one "
+            "registered is a 409: delete the agent and enroll the host again."
+        ),
+    )
+    async def identity_key(
+        self,
+        request: Request[Any, Any, Any],
+        session: DbSession,
+        agent_id: FromPath[str],
+        data: JSONBody[IdentityKey],
+    ) -> IdentityKey:
+        return await service.register_identity_key(session, _agent(request), data)
 
     @post(
         "/heartbeat",

@@ -5,22 +5,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from controlplane.agents.keys import pending_key_secret, rotate_agent_key
 from controlplane.db.models import AgentRow, DeploymentTargetRow, KeySetRow
 from controlplane.db.types import utcnow
-from controlplane.errors import NotFound
+from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.pagination import fetch_page
 from shared.agents import (
     AgentRecord,
     AgentStatus,
     Heartbeat,
     HeartbeatResponse,
+    IdentityKey,
     Resources,
     SpoolStats,
 )
 from shared.agents_admin import AgentKeyRotated
+from shared.artifacts import is_identity_key
 from shared.resources import Page
 from shared.roles import Role
 
@@ -92,6 +94,7 @@ def agent_record(
         resources=msgspec.convert(resources, Resources) if resources else None,
         spool=msgspec.convert(values["spool"], SpoolStats) if values["spool"] else None,
         created_at=row.created_at,
+        public_key=row.public_key,
     )
 
 
@@ -164,6 +167,34 @@ async def own_record(
     if row is None:  # pragma: no cover - the key lookup joined the agent row
         raise NotFound(f"No agent {agent.agent_id}")
     return agent_record(row, settings, buffer, scopes=sorted(agent.scopes))
+
+
+async def register_identity_key(
+    session: AsyncSession, agent: AgentPrincipal, data: IdentityKey
+) -> IdentityKey:
+    """Record the agent's artifact-signing key once; the same key again is a no-op.
+
+    Raises:
+        BadRequest: if it is not an Ed25519 public key.
+        Conflict: if the agent already registered another key (delete and re-enroll it).
+    """
+    if not is_identity_key(data.public_key):
+        raise BadRequest("public_key must be an Ed25519 public key: 43 characters of base64url")
+    await session.execute(
+        update(AgentRow)
+        .where(AgentRow.id == agent.agent_id, AgentRow.public_key.is_(None))
+        .values(public_key=data.public_key)
+    )
+    await session.commit()
+    registered = await session.scalar(
+        select(AgentRow.public_key).where(AgentRow.id == agent.agent_id)
+    )
+    if registered != data.public_key:
+        raise Conflict(
+            "This agent already registered another identity key; to change it, delete the "
+            "agent and enroll the host again"
+        )
+    return IdentityKey(public_key=registered)
 
 
 async def _manifest_waiting(session: AsyncSession, agent_id: str) -> bool:

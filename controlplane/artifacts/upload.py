@@ -51,7 +51,10 @@ async def _existing(
         row = await session.get(AgentRow, agent.agent_id)
         public_key = row.public_key if row else None
         if not public_key:
-            raise BadRequest("This agent registered no signing key at enrollment; re-enroll it")
+            raise BadRequest(
+                "This agent has registered no identity key: PUT it to "
+                f"/api/v1/agents/{agent.agent_id}/identity-key first"
+            )
         if not verify_metadata(metadata, public_key):
             raise BadRequest("The artifact metadata is not signed by this agent's key")
         found = await session.scalar(

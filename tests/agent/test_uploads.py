@@ -111,7 +111,9 @@ async def up(tmp_path: Path) -> AsyncIterator[Harness]:
         return None
 
     transport = httpx.MockTransport(router.handler)
-    state = agent_state(active_deployment_id="dep_1", active_spec_hash="sha256:abc")
+    state = agent_state(
+        active_deployment_id="dep_1", active_spec_hash="sha256:abc", identity_registered=True
+    )
     async with ControlPlaneClient(settings, transport=transport, sleep=no_sleep) as client:
         client.set_credentials(AGENT_ID, KEY)
         spool = open_spool(tmp_path, settings.spool_max_bytes, settings.spool_max_files)
@@ -238,7 +240,7 @@ async def test_429_waits_for_retry_after(tmp_path: Path) -> None:
     spool = open_spool(tmp_path, 1024, 10)
     entry = spool.add(b"x", "telemetry")
     identity = load_or_create_identity(tmp_path)
-    state = agent_state()
+    state = agent_state(identity_registered=True)
     transport = httpx.MockTransport(router.handler)
     async with ControlPlaneClient(settings, transport=transport, sleep=sleep) as client:
         client.set_credentials(AGENT_ID, KEY)
@@ -370,3 +372,70 @@ def test_cli_upload_spools_a_copy_and_prints_the_entry_id(
     with pytest.raises(SystemExit) as exited:
         main(["upload", str(source), "--kind", "logs"])
     assert exited.value.code == 2
+
+
+IDENTITY = f"/api/v1/agents/{AGENT_ID}/identity-key"
+
+
+async def test_a_provisioned_agent_registers_its_identity_before_the_first_upload(
+    up: Harness,
+) -> None:
+    up.state.identity_registered = False  # pre-provisioned credentials: never enrolled
+    recorded: list[bool] = []
+    up.uploader._on_identity_registered = lambda: recorded.append(True)
+    up.spool.add(b"first", "telemetry")
+    register = up.router.put(IDENTITY).mock(
+        return_value=httpx.Response(200, json={"public_key": up.public_key})
+    )
+    upload = up.router.post(UPLOAD).mock(return_value=receipt(201))
+    assert await up.uploader.upload_pending() == 1
+    assert register.call_count == 1
+    assert msgspec.json.decode(register.calls.last.request.content) == {"public_key": up.public_key}
+    assert register.calls.last.request.headers["authorization"] == f"Bearer {KEY}"
+    assert upload.call_count == 1
+    assert recorded == [True]
+
+
+async def test_nothing_is_registered_while_the_spool_is_empty(up: Harness) -> None:
+    up.state.identity_registered = False
+    register = up.router.put(IDENTITY).mock(return_value=httpx.Response(200))
+    assert await up.uploader.upload_pending() == 0
+    assert register.call_count == 0
+
+
+async def test_a_refused_identity_keeps_everything_spooled(
+    up: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    up.state.identity_registered = False
+    entry = up.spool.add(b"kept", "incident")
+    register = up.router.put(IDENTITY).mock(
+        return_value=httpx.Response(
+            409,
+            json={
+                "type": "urn:byteor:problem:conflict",
+                "title": "Conflict",
+                "status": 409,
+                "detail": "This agent already registered another identity key",
+            },
+            headers={"content-type": "application/problem+json"},
+        )
+    )
+    upload = up.router.post(UPLOAD).mock(return_value=receipt(201))
+    with caplog.at_level("ERROR", logger="byteor.agent"):
+        assert await up.uploader.upload_pending() == 0
+        assert await up.uploader.upload_pending() == 0
+    assert register.call_count == 2
+    assert upload.call_count == 0
+    assert [e.entry_id for e in up.spool.entries()] == [entry.entry_id]
+    refusals = [r for r in caplog.records if "another identity key" in r.getMessage()]
+    assert len(refusals) == 1  # said once, retried quietly
+
+
+async def test_an_unreachable_control_plane_leaves_registration_for_later(up: Harness) -> None:
+    up.state.identity_registered = False
+    up.spool.add(b"later", "telemetry")
+    up.router.put(IDENTITY).mock(side_effect=httpx.ConnectError("down"))
+    upload = up.router.post(UPLOAD).mock(return_value=receipt(201))
+    assert await up.uploader.upload_pending() == 0
+    assert upload.call_count == 0
+    assert len(up.spool.entries()) == 1

@@ -148,12 +148,30 @@ def test_provisioned_credentials_skip_enrollment(tenant: Tenant, tmp_path: Path)
         "BYTEOR_AGENT_ID": enrolled["agent_id"],
         "BYTEOR_AGENT_API_KEY": enrolled["api_key"],
         "BYTEOR_STATE_DIR": str(tmp_path / "state"),
+        "BYTEOR_UPLOAD_INTERVAL_SECONDS": "1",
     }
+    # an artifact waiting in the outbox from the first boot on
+    outbox = tmp_path / "state" / "outbox"
+    outbox.parent.mkdir(mode=0o700)
+    outbox.mkdir(mode=0o700)
+    (outbox / "boot.bin").write_bytes(b"first boot telemetry")
     agent = start_agent(tmp_path, env)
     try:
         record = wait_for(lambda: online(tenant), what="the provisioned agent to come online")
         assert record["name"] == "baked-image"
         assert enrolled["api_key"] not in agent.output()
+        # never enrolled with a key, it registers its identity key, then its upload is accepted
+        artifacts = wait_for(
+            lambda: tenant.api("GET", f"{tenant.env_url}/artifacts")["items"],
+            what="the provisioned agent's artifact",
+        )
+        assert [(a["filename"], a["agent_id"]) for a in artifacts] == [
+            ("boot.bin", enrolled["agent_id"])
+        ]
+        agent_record = tenant.api("GET", f"{tenant.env_url}/agents/{enrolled['agent_id']}")
+        assert agent_record["public_key"]
+        state = json.loads((tmp_path / "state" / "agent.json").read_text())
+        assert state["identity_registered"] is True
     finally:
         assert agent.stop() == 0, agent.output()
 
