@@ -211,12 +211,17 @@ async def sign_in(session: AsyncSession, settings: Settings, identity: IdentityC
     if user is not None:
         # Link by address only for someone not yet known at this provider: a second subject
         # with the same address (a recycled address, a re-created account) must not inherit it.
-        linked = await session.scalar(
-            select(UserIdentityRow.id).where(
-                UserIdentityRow.user_id == user.id, UserIdentityRow.issuer == identity.issuer
+        subjects = set(
+            await session.scalars(
+                select(UserIdentityRow.subject).where(
+                    UserIdentityRow.user_id == user.id, UserIdentityRow.issuer == identity.issuer
+                )
             )
         )
-        if linked is not None:
+        if identity.subject in subjects:
+            # This very subject was linked a moment ago by a concurrent login of the same person.
+            return SignedIn(user.id, user.email, user.name, created=False)
+        if subjects:
             raise Forbidden(
                 f"{email} already belongs to another account at this identity provider; "
                 "an organization admin must resolve it"
