@@ -1,15 +1,14 @@
 """Self-tests of the OpenID Connect test kit (tests/oidc.py): a real provider, without the app.
 
-A relying party is played by authlib's httpx client (authorization code + PKCE S256, nonce,
-client_secret_basic) and the ID token is checked with joserfc, so a failure here is the kit's,
-not the control plane's.
+A minimal relying party is played here with authlib's OAuth 2.0 core and httpx (authorization
+code + PKCE S256, nonce, client_secret_basic) and the ID token is checked with joserfc, so a
+failure here is the kit's, not the control plane's.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,21 +16,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from authlib.deprecate import AuthlibDeprecationWarning
+from authlib.oauth2.rfc6749.parameters import (
+    parse_authorization_code_response,
+    prepare_grant_uri,
+    prepare_token_request,
+)
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.oidc import OidcProvider, TokenTamperingProxy, browser_login, proxied_provider
-
-# authlib 1.9 deprecates its httpx integration (in favour of the "httpx2" package) with a warning
-# at import time, and importing authlib.deprecate (above) sets such warnings to "always"; silence
-# just that one.
-with warnings.catch_warnings():
-    warnings.filterwarnings(
-        "ignore", message="The httpx module is deprecated", category=AuthlibDeprecationWarning
-    )
-    from authlib.integrations.base_client import OAuthError
-    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 pytestmark = pytest.mark.anyio
 
@@ -78,17 +72,80 @@ async def discover(issuer: str) -> dict[str, Any]:
         return metadata
 
 
-def relying_party(client: dict[str, Any]) -> AsyncOAuth2Client:
-    return AsyncOAuth2Client(
-        client_id=client["client_id"],
-        client_secret=client.get("client_secret"),
-        token_endpoint_auth_method=client.get("token_endpoint_auth_method", "client_secret_basic"),
-        scope=SCOPE,
-        redirect_uri=REDIRECT_URI,
-        code_challenge_method="S256",
-        trust_env=False,
-        timeout=10,
-    )
+class OAuthError(Exception):
+    """The token endpoint refused the request; ``error`` is the OAuth error code."""
+
+    def __init__(self, error: str, description: str | None) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+
+
+@dataclass
+class RelyingParty:
+    """Just enough of an OAuth 2.0 client: authlib's message helpers over an httpx client."""
+
+    client: dict[str, Any]
+    http: httpx.AsyncClient
+
+    async def __aenter__(self) -> RelyingParty:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    def create_authorization_url(
+        self, endpoint: str, *, nonce: str, code_verifier: str | None = None
+    ) -> tuple[str, str]:
+        state = secrets.token_urlsafe(24)
+        pkce = (
+            {
+                "code_challenge": create_s256_code_challenge(code_verifier),
+                "code_challenge_method": "S256",
+            }
+            if code_verifier
+            else {}
+        )
+        url: str = prepare_grant_uri(
+            endpoint,
+            client_id=self.client["client_id"],
+            response_type="code",
+            redirect_uri=REDIRECT_URI,
+            scope=SCOPE,
+            state=state,
+            nonce=nonce,
+            **pkce,
+        )
+        return url, state
+
+    async def fetch_token(
+        self, endpoint: str, *, authorization_response: str, state: str, code_verifier: str
+    ) -> dict[str, Any]:
+        params = parse_authorization_code_response(authorization_response, state=state)
+        secret = self.client.get("client_secret")
+        extra = {} if secret else {"client_id": self.client["client_id"]}
+        body: str = prepare_token_request(
+            "authorization_code",
+            code=params["code"],
+            redirect_uri=REDIRECT_URI,
+            code_verifier=code_verifier,
+            **extra,
+        )
+        response = await self.http.post(
+            endpoint,
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            auth=httpx.BasicAuth(self.client["client_id"], secret)
+            if secret
+            else httpx.USE_CLIENT_DEFAULT,
+        )
+        answer: dict[str, Any] = response.json()
+        if response.status_code != 200:
+            raise OAuthError(answer.get("error", "unknown"), answer.get("error_description"))
+        return answer
+
+
+def relying_party(client: dict[str, Any]) -> RelyingParty:
+    return RelyingParty(client, httpx.AsyncClient(trust_env=False, timeout=10))
 
 
 @dataclass
@@ -105,7 +162,7 @@ class Authorization:
 
 async def authorize(
     metadata: dict[str, Any],
-    rp: AsyncOAuth2Client,
+    rp: RelyingParty,
     browser: httpx.AsyncClient,
     *,
     login: str,
@@ -123,7 +180,7 @@ async def authorize(
 
 
 async def exchange(
-    metadata: dict[str, Any], rp: AsyncOAuth2Client, authorization: Authorization
+    metadata: dict[str, Any], rp: RelyingParty, authorization: Authorization
 ) -> dict[str, Any]:
     token: dict[str, Any] = await rp.fetch_token(
         metadata["token_endpoint"],
