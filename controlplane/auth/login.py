@@ -9,6 +9,7 @@ records the state's digest so the same state cannot complete a second login.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -97,7 +98,9 @@ def new_flow(settings: Settings, redirect_to: str | None) -> LoginFlow:
     )
 
 
+@functools.lru_cache(maxsize=8)
 def cookie_key(kek: KeyEncryptionKey) -> KeyEncryptionKey:
+    """The login-cookie key derived from ``kek`` (derived once per KEK, not per request)."""
     return kek.derive(COOKIE_KEY_PURPOSE)
 
 

@@ -168,22 +168,23 @@ class OidcClient:
 
     # -- discovery and keys -------------------------------------------------------------------
 
-    def _fresh(self, cached: _Cached | None) -> bool:
+    def _fresh(self, cached: _Cached | None) -> Any:
+        """The cached value while it is younger than the discovery TTL, else ``None``."""
         if cached is None:
-            return False
-        return time.monotonic() - cached.fetched_at < self.settings.oidc_discovery_ttl_seconds
+            return None
+        if time.monotonic() - cached.fetched_at >= self.settings.oidc_discovery_ttl_seconds:
+            return None
+        return cached.value
 
     async def metadata(self) -> ProviderMetadata:
         """The issuer's discovery document, cached for ``oidc_discovery_ttl_seconds``."""
-        if self._fresh(self._metadata):
-            assert self._metadata is not None  # noqa: S101
-            cached: ProviderMetadata = self._metadata.value
+        cached: ProviderMetadata | None = self._fresh(self._metadata)
+        if cached is not None:
             return cached
         async with self._lock:
-            if self._fresh(self._metadata):
-                assert self._metadata is not None  # noqa: S101
-                again: ProviderMetadata = self._metadata.value
-                return again
+            cached = self._fresh(self._metadata)
+            if cached is not None:
+                return cached
             url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
             raw = await self._get_document(url, "discovery document")
             try:
@@ -206,9 +207,9 @@ class OidcClient:
         metadata = await self.metadata()
         async with self._lock:
             cached = self._jwks
-            if cached is not None and not refresh and self._fresh(cached):
-                keys: KeySet = cached.value
-                return keys
+            fresh: KeySet | None = None if refresh else self._fresh(cached)
+            if fresh is not None:
+                return fresh
             if (
                 cached is not None
                 and refresh

@@ -33,29 +33,14 @@ from controlplane.auth.service import new_token_row
 from controlplane.db.models import ApiTokenRow, LoginStateRow, UserRow
 from controlplane.errors import BadRequest, Unauthorized
 from controlplane.settings import Settings
-from shared.problem import PROBLEM_CONTENT_TYPE
 from tests.backends import throwaway_database
 from tests.conftest import BACKENDS, GENEROUS_RATE_LIMITS, Actor, Stack, in_process_client
+from tests.controlplane.auth.helpers import assert_problem, cookie
 from tests.e2e.conftest import free_port
 
 pytestmark = pytest.mark.anyio
 
 PUBLIC = "http://testserver"
-
-
-def cookie(name: str, value: str, **headers: str) -> dict[str, str]:
-    """Request headers sending one cookie (httpx deprecates per-request ``cookies=``)."""
-    return {**headers, "Cookie": f"{name}={value}"}
-
-
-def assert_problem(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    for needle in needles:
-        assert needle in body["detail"], body["detail"]
-    return body
 
 
 # -- not configured -----------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from controlplane.auth.oidc import OidcClient
 from controlplane.auth.secrets import digest_token
 from controlplane.db.models import ApiTokenRow, UserIdentityRow, UserRow
 from controlplane.settings import Settings
-from shared.problem import PROBLEM_CONTENT_TYPE
 from tests.backends import throwaway_database
 from tests.conftest import BACKENDS, GENEROUS_RATE_LIMITS, Actor, Stack, in_process_client
+from tests.controlplane.auth.helpers import assert_problem as problem_of
 from tests.oidc import OidcProvider, TokenTamperingProxy, browser_login
 
 pytestmark = pytest.mark.anyio
@@ -164,11 +164,8 @@ async def plane(
 
 
 def assert_problem(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE)
-    body: dict[str, Any] = response.json()
-    for needle in needles:
-        assert needle in body["detail"], body["detail"]
+    """A problem+json refusal that issued no session (neither in the body nor as a cookie)."""
+    body = problem_of(response, status, *needles)
     assert "byteor_ses_" not in response.text
     assert not any(
         c.startswith(f"{SESSION_COOKIE}=") for c in response.headers.get_list("set-cookie")
