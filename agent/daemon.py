@@ -342,6 +342,11 @@ class Agent:
         """One deployment round, then schedule the next (never raises)."""
         try:
             await self.deployments.check_once()
+        except asyncio.CancelledError:
+            # A long-poll in flight when the agent stops is abandoned, not a failure.
+            if not self._stopping.is_set():
+                raise
+            logger.info("deployment check abandoned: the agent is stopping")
         finally:
             self._sync_deployment_status()
             self._write_status()

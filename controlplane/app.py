@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request
 from litestar.datastructures import MutableScopeHeaders
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -19,7 +20,6 @@ from controlplane.agents.routes import (
     AgentRuntimeController,
     EnrollmentTokenController,
 )
-from controlplane.approvals.service import EXPIRY_JOB, expire_approvals
 from controlplane.artifacts.ingest import ingest_artifact
 from controlplane.artifacts.replays import REPLAY_JOB, run_replay
 from controlplane.artifacts.routes import ArtifactController, upload_artifact
@@ -33,19 +33,24 @@ from controlplane.bundles.routes import ConfigBundleController
 from controlplane.bundles.service import BUILD_JOB, build_bundle
 from controlplane.db import create_database
 from controlplane.db.migrate import head_revision, upgrade
-from controlplane.deployments.rollout import (
-    DEADLINE_JOB,
-    ROLLOUT_JOB,
+from controlplane.delivery.agent_routes import AgentDeliveryController
+from controlplane.delivery.convergence import deployment_pending
+from controlplane.delivery.deadlines import (
+    LEGACY_EXPIRY_JOB,
     enforce_deadline,
-    run_rollout,
+    expire_legacy_approvals,
+    reconcile_environment,
 )
-from controlplane.deployments.routes import ApprovalController, DeploymentController
-from controlplane.deployments.signals import AgentSignals
+from controlplane.delivery.lifecycle import DEADLINE_JOB
+from controlplane.delivery.rollout import ROLLOUT_JOB, run_rollout
+from controlplane.delivery.routes import ApprovalController, DeploymentController
+from controlplane.delivery.signals import AgentSignals
 from controlplane.deps import dependencies
 from controlplane.environments.routes import EnvironmentController
 from controlplane.errors import exception_handlers, request_id_of
 from controlplane.health.routes import healthz, readyz
 from controlplane.jobs import JobHandler, Worker
+from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
 from controlplane.observability import Metrics, MetricsMiddleware, metrics_endpoint
 from controlplane.openapi import document_errors
 from controlplane.orgs.routes import (
@@ -78,7 +83,8 @@ def job_handlers() -> dict[str, JobHandler]:
         BUILD_JOB: build_bundle,
         ROLLOUT_JOB: run_rollout,
         DEADLINE_JOB: enforce_deadline,
-        EXPIRY_JOB: expire_approvals,
+        LEGACY_EXPIRY_JOB: expire_legacy_approvals,
+        RECONCILE_ENVIRONMENT: reconcile_environment,
         INGEST_JOB: ingest_artifact,
         REPLAY_JOB: run_replay,
     }
@@ -103,6 +109,8 @@ def _lifespan(settings: Settings) -> Any:
             logger.info("database schema is at %s", app.state.schema_head)
         signals = AgentSignals()
         app.state.agent_signals = signals
+        heartbeats = HeartbeatBuffer(database, settings.heartbeat_flush_seconds)
+        app.state.heartbeats = heartbeats
         worker: Worker | None = None
         worker_task: asyncio.Task[None] | None = None
         if settings.deployment_mode in (DeploymentMode.WORKER, DeploymentMode.COMBINED):
@@ -113,11 +121,10 @@ def _lifespan(settings: Settings) -> Any:
                 blobs=app.state.blobs,
                 handlers=job_handlers(),
                 signals=signals,
+                heartbeats=heartbeats,
             )
             worker_task = asyncio.create_task(worker.run(), name="byteor-job-worker")
         app.state.worker = worker
-        heartbeats = HeartbeatBuffer(database, settings.heartbeat_flush_seconds)
-        app.state.heartbeats = heartbeats
         heartbeat_task = asyncio.create_task(heartbeats.run(), name="byteor-heartbeat-flush")
         try:
             yield
@@ -205,12 +212,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             EnrollmentTokenController,
             AgentAdminController,
             AgentRuntimeController,
+            AgentDeliveryController,
             DeploymentController,
             ApprovalController,
             ArtifactController,
             upload_artifact,
         ],
-        dependencies=dependencies,
+        dependencies={
+            **dependencies,
+            # The agents domain asks delivery whether work awaits an agent, without importing it.
+            "deployment_pending": Provide(lambda: deployment_pending, sync_to_thread=False),
+        },
         middleware=[MetricsMiddleware, AddressThrottleMiddleware, auth, CredentialLimitMiddleware],
         exception_handlers=exception_handlers,
         lifespan=[_lifespan(settings)],

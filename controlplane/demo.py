@@ -165,6 +165,11 @@ def _deploy_with_approval(
         say("      approved by service account release-approver")
         final = _follow(api, path, {"active", "failed"}, say)
         deployed.append(deployment["id"])
+        env = api.call("GET", env_path)
+        say(
+            f"      the environment's current deployment is {env['current_deployment_id']}; "
+            f"every agent converges to {str(env['desired_bundle_digest'])[:19]}…"
+        )
         spec = spec_path.read_text() if spec_path.exists() else ""
         say(
             f"      agent {agent_id} runs {spec.splitlines()[1] if spec else 'nothing'} ({spec_path})"
@@ -182,6 +187,11 @@ def _deploy_with_approval(
     )
     spec = spec_path.read_text() if spec_path.exists() else ""
     say(f"      agent {agent_id} runs {spec.splitlines()[1] if spec else 'nothing'} again")
+    env = api.call("GET", env_path)
+    say(
+        f"      deployment 1 ({env['current_deployment_id']}) is current again: "
+        "hosts enrolled from now on get its bundle"
+    )
 
 
 def _incident_bundle(spec_path: Path, target: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any, TypeAlias
 
 from litestar import Request
@@ -13,12 +13,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.auth.principal import Principal
 from controlplane.blobs import BlobStore
+from controlplane.jobs import Jobs
+from controlplane.orgs.paths import EnvPath
 from controlplane.pagination import PageRequest, page_request
-from controlplane.pipelines.service import EnvPath
 from controlplane.settings import Settings
 from controlplane.signing.kek import KeyEncryptionKey
 
-__all__ = ["Blobs", "Caller", "DbSession", "Kek", "Paging", "Where", "dependencies"]
+__all__ = [
+    "Blobs",
+    "Caller",
+    "DbSession",
+    "JobQueue",
+    "Kek",
+    "Paging",
+    "Where",
+    "dependencies",
+    "worker_wake",
+]
 
 
 #: The request's database session (``session: DbSession``).
@@ -33,6 +44,8 @@ Where: TypeAlias = NamedDependency[EnvPath]
 Blobs: TypeAlias = NamedDependency[BlobStore]
 #: The key-encryption key (``kek: Kek``).
 Kek: TypeAlias = NamedDependency[KeyEncryptionKey]
+#: Enqueue jobs in the request's transaction; the worker wakes after commit (``jobs: JobQueue``).
+JobQueue: TypeAlias = NamedDependency[Jobs]
 
 
 async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
@@ -72,6 +85,17 @@ def provide_kek(state: State) -> KeyEncryptionKey:
     return kek
 
 
+def worker_wake(state: State) -> Callable[[], None] | None:
+    """How to tell this process's job worker to look for work now (``None``: no worker here)."""
+    worker = state.get("worker")
+    return worker.notify if worker is not None else None
+
+
+def provide_jobs(state: State, session: DbSession) -> Jobs:
+    """Jobs enqueued on the request's session; this process's worker wakes when it commits."""
+    return Jobs(session, worker_wake(state))
+
+
 def provide_where(
     org_id: FromPath[str], project_id: FromPath[str], env_id: FromPath[str]
 ) -> EnvPath:
@@ -86,4 +110,5 @@ dependencies = {
     "session": Provide(provide_session),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "page": Provide(provide_page, sync_to_thread=False),
+    "jobs": Provide(provide_jobs, sync_to_thread=False),
 }

@@ -100,6 +100,27 @@ class Settings(BaseSettings):
     rollout_timeout_seconds: Annotated[float, Field(ge=1)] = Field(
         default=900.0, description="a deployment not active this long after rollout starts fails"
     )
+    build_timeout_seconds: Annotated[float, Field(ge=1)] = Field(
+        default=900.0,
+        description="an approved deployment whose bundle is not built this long after approval fails",
+    )
+    rollback_timeout_seconds: Annotated[float, Field(ge=1)] = Field(
+        default=900.0,
+        description=(
+            "a rollback ends `rolled_back` this long after it starts, recording the targets "
+            "that never confirmed as `unreachable` (they converge when they return)"
+        ),
+    )
+    convergence_retry_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=30.0,
+        description=(
+            "after an agent fails to activate the desired bundle, wait this long before a fresh "
+            "manifest (doubling per failure up to convergence_retry_max_seconds)"
+        ),
+    )
+    convergence_retry_max_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=3600.0, description="the longest wait between two convergence retries"
+    )
     manifest_ttl_seconds: Annotated[int, Field(ge=60)] = Field(
         default=3600, description="agents refuse a deployment manifest older than this (freeze)"
     )

@@ -150,3 +150,7 @@ class AgentRecord(Message):
     created_at: datetime | None = None
     #: The agent's Ed25519 identity key (base64url), which signs its artifact uploads.
     public_key: str | None = None
+    #: The bundle the environment wants this agent to run (its current deployment's).
+    desired_bundle_digest: str | None = None
+    #: Whether the agent runs the desired bundle (``True`` when nothing is desired yet).
+    in_sync: bool = True

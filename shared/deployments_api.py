@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 from shared.base import RestInput, RestOutput
@@ -13,6 +14,7 @@ __all__ = [
     "Approval",
     "ApprovalCreate",
     "ApprovalStatus",
+    "CancelRequest",
     "Deployment",
     "DeploymentCreate",
     "DeploymentDetail",
@@ -20,6 +22,7 @@ __all__ = [
     "DeploymentStatus",
     "DeploymentTarget",
     "RollbackRequest",
+    "TargetStatus",
 ]
 
 DeploymentStatus = Literal[
@@ -34,6 +37,9 @@ DeploymentStatus = Literal[
     "rolled_back",
 ]
 ApprovalStatus = Literal["pending", "approved", "denied", "expired", "revoked"]
+TargetStatus = Literal[
+    "issued", "activating", "active", "failed", "confirmed", "unreachable", "cancelled"
+]
 Comment = Annotated[str, Meta(max_length=2000)]
 
 
@@ -47,6 +53,12 @@ class DeploymentCreate(RestInput):
 
 
 class RollbackRequest(RestInput):
+    reason: Comment | None = None
+
+
+class CancelRequest(RestInput):
+    """Why the deployment is stopped (recorded on its event)."""
+
     reason: Comment | None = None
 
 
@@ -65,6 +77,14 @@ class Deployment(RestOutput):
     rollout_deadline_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: The agents the deployer named (``None``: the whole environment).
+    requested_agent_ids: list[str] | None = None
+    #: When the current status gives up (statuses that wait for something have one).
+    deadline_at: datetime | None = None
+    #: The current deployment when this one rolled out: what rolling this one back restores.
+    previous_deployment_id: str | None = None
+    #: The deployment that became current after this one.
+    superseded_by: str | None = None
 
 
 class DeploymentTarget(RestOutput):
@@ -74,9 +94,11 @@ class DeploymentTarget(RestOutput):
     phase: Literal["deploy", "rollback"]
     sequence: int
     bundle_digest: str
-    status: str
+    status: TargetStatus
     reason: str | None
     updated_at: datetime
+    #: How many manifests this target was issued (convergence retries issue fresh ones).
+    attempts: int = 1
 
 
 class DeploymentEvent(RestOutput):
@@ -88,8 +110,8 @@ class DeploymentEvent(RestOutput):
 
 
 class DeploymentDetail(Deployment):
-    targets: list[DeploymentTarget]
-    events: list[DeploymentEvent]
+    targets: list[DeploymentTarget] = msgspec.field(default_factory=list)
+    events: list[DeploymentEvent] = msgspec.field(default_factory=list)
 
 
 class ApprovalCreate(RestInput):

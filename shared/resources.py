@@ -178,6 +178,10 @@ class Environment(RestOutput):
     runtime_config: RuntimeConfig
     created_at: datetime
     updated_at: datetime
+    #: The desired state: the newest deployment that reached ``active`` (or the one a rollback
+    #: restored) and the digest of its bundle, which every agent here converges to.
+    current_deployment_id: str | None = None
+    desired_bundle_digest: str | None = None
 
 
 # --- members, service accounts, tokens -----------------------------------------------------------

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from controlplane.auth.principal import Principal
-    from controlplane.pipelines.service import EnvPath
+    from controlplane.orgs.paths import EnvPath
     from controlplane.signing.kek import KeyEncryptionKey
     from shared.agents_admin import EnrollmentTokenCreate
 

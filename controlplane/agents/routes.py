@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.response import File
-from sqlalchemy import select
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from controlplane.agents import enrollment, service
+from controlplane.agents.service import PendingDeployment
 from controlplane.auth.principal import AgentPrincipal, EnrollmentCredential
-from controlplane.db.models import DeploymentTargetRow
-from controlplane.deployments.rollout import apply_report, latest_target
-from controlplane.deps import Blobs, Caller, DbSession, Kek, Paging, Where
-from controlplane.errors import NotFound
+from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where
 from controlplane.signing.service import current_keyset
 from shared.agents import (
     AgentRecord,
@@ -33,7 +28,6 @@ from shared.agents_admin import (
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
 )
-from shared.deployments import AgentDeployment, DeploymentReport
 from shared.resources import Page
 from shared.signing import Envelope
 
@@ -161,15 +155,20 @@ class AgentAdminController(Controller):
             state.heartbeats,
         )
 
-    @delete("/{agent_id:str}", summary="Delete an agent, revoking its key (admin)")
+    @delete(
+        "/{agent_id:str}",
+        summary="Delete an agent, revoking its key (admin)",
+        description="In-flight deployments stop waiting for it and are re-evaluated.",
+    )
     async def delete_agent(
         self,
         session: DbSession,
         caller: Caller,
         where: Where,
+        jobs: JobQueue,
         agent_id: FromPath[str],
     ) -> None:
-        await service.delete_agent(session, caller, where, agent_id)
+        await service.delete_agent(session, caller, where, agent_id, jobs)
 
     @post(
         "/{agent_id:str}/rotate-key",
@@ -235,95 +234,20 @@ class AgentRuntimeController(Controller):
         state: State,
         session: DbSession,
         kek: Kek,
+        deployment_pending: NamedDependency[PendingDeployment],
         agent_id: FromPath[str],
         data: JSONBody[Heartbeat],
     ) -> HeartbeatResponse:
         state.metrics.heartbeats.inc()
         return await service.receive_heartbeat(
-            session, _agent(request), data, state.settings, state.heartbeats, kek
+            session,
+            _agent(request),
+            data,
+            state.settings,
+            state.heartbeats,
+            kek,
+            deployment_pending,
         )
-
-    @get(
-        "/deployment",
-        opt={"scope": "agent:deployment"},
-        summary="The newest deployment manifest for this agent (long-poll with ?wait=, ETag)",
-        description=(
-            "With `If-None-Match` equal to the current ETag the request waits up to `wait` "
-            "seconds (bounded) for a newer manifest, then answers 304."
-        ),
-    )
-    async def deployment(
-        self,
-        request: Request[Any, Any, Any],
-        state: State,
-        session: DbSession,
-        agent_id: FromPath[str],
-        wait: Annotated[float, QueryParameter(ge=0, le=3600)] = 0,
-        if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
-    ) -> Response[Any]:
-        agent = _agent(request)
-        deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
-        while True:
-            target = await latest_target(session, agent.agent_id)
-            sequence = target.sequence if target else 0
-            manifest = target.manifest if target else None
-            etag = f'"seq-{sequence}"'
-            await session.rollback()  # never hold a transaction while waiting
-            remaining = deadline - time.monotonic()
-            if if_none_match != etag or remaining <= 0:
-                break
-            await state.agent_signals.wait(agent.agent_id, timeout=min(1.0, remaining))
-        if if_none_match == etag:
-            return Response(content=b"", status_code=304, headers={"ETag": etag})
-        body = AgentDeployment(
-            manifest=msgspec.convert(manifest, Envelope) if manifest else None,
-            sequence=sequence,
-        )
-        return Response(body, headers={"ETag": etag})
-
-    @post(
-        "/deployment",
-        status_code=204,
-        opt={"scope": "agent:deployment"},
-        summary="Report progress of a manifest: activating, active, failed (+reason), rolled_back",
-    )
-    async def report_deployment(
-        self,
-        request: Request[Any, Any, Any],
-        state: State,
-        session: DbSession,
-        kek: Kek,
-        agent_id: FromPath[str],
-        data: JSONBody[DeploymentReport],
-    ) -> None:
-        await apply_report(session, kek, state.settings, _agent(request).agent_id, data)
-        state.agent_signals.notify([])
-
-    @get(
-        "/bundles/{digest:str}",
-        opt={"scope": "agent:deployment"},
-        media_type="application/gzip",
-        summary="Download a bundle archive deployed to this agent",
-    )
-    async def bundle(
-        self,
-        request: Request[Any, Any, Any],
-        session: DbSession,
-        blobs: Blobs,
-        agent_id: FromPath[str],
-        digest: FromPath[str],
-    ) -> File:
-        deployed = await session.scalar(
-            select(DeploymentTargetRow.bundle_id)
-            .where(
-                DeploymentTargetRow.agent_id == _agent(request).agent_id,
-                DeploymentTargetRow.bundle_digest == digest,
-            )
-            .limit(1)
-        )
-        if deployed is None or not blobs.exists(digest):
-            raise NotFound(f"No bundle {digest} was deployed to this agent")
-        return File(path=blobs.path_for(digest), media_type="application/gzip")
 
     @get(
         "/signing-key",

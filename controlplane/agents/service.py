@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.agents.keys import pending_key_secret, rotate_agent_key
-from controlplane.db.models import AgentRow, DeploymentTargetRow, KeySetRow
+from controlplane.db.models import AgentRow, KeySetRow
 from controlplane.db.types import utcnow
+from controlplane.environments.service import desired_state
 from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
 from controlplane.pagination import fetch_page
 from shared.agents import (
     AgentRecord,
@@ -26,27 +31,84 @@ from shared.artifacts import is_identity_key
 from shared.resources import Page
 from shared.roles import Role
 
+#: Whether a deployment awaits an agent: ``(session, agent_id, env_id, active_digest)``.
+#: The delivery domain provides it (the ``deployment_pending`` dependency); this domain does
+#: not read delivery's tables.
+PendingDeployment: TypeAlias = Callable[[AsyncSession, str, str, str | None], Awaitable[bool]]
+
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from controlplane.agents.heartbeats import HeartbeatBuffer
     from controlplane.auth.principal import AgentPrincipal, Principal
+    from controlplane.jobs import Jobs
+    from controlplane.orgs.paths import EnvPath
     from controlplane.pagination import PageRequest
-    from controlplane.pipelines.service import EnvPath
     from controlplane.settings import Settings
     from controlplane.signing.kek import KeyEncryptionKey
 
 __all__ = [
+    "ObservedBundle",
+    "PendingDeployment",
     "agent_record",
     "delete_agent",
     "get_agent",
     "list_agents",
+    "observed_bundle",
+    "online_agent_ids",
     "own_record",
     "receive_heartbeat",
     "request_key_rotation",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedBundle:
+    """The bundle an agent last said it runs, and when it said so."""
+
+    digest: str | None
+    seen_at: datetime | None
+
+
+def _heartbeat_values(row: AgentRow, buffer: HeartbeatBuffer | None) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "last_heartbeat_at": row.last_heartbeat_at,
+        "agent_version": row.agent_version,
+        "active_deployment_id": row.active_deployment_id,
+        "active_bundle_digest": row.active_bundle_digest,
+        "resources": row.resources,
+        "spool": row.spool,
+    }
+    pending = buffer.pending(row.id) if buffer is not None else None
+    if pending is not None:
+        values.update(pending.columns())
+    return values
+
+
+def observed_bundle(row: AgentRow, buffer: HeartbeatBuffer | None) -> ObservedBundle:
+    """What the agent's newest heartbeat (buffered or written) says it runs."""
+    values = _heartbeat_values(row, buffer)
+    return ObservedBundle(values["active_bundle_digest"], values["last_heartbeat_at"])
+
+
+async def online_agent_ids(
+    session: AsyncSession,
+    env_id: str,
+    settings: Settings,
+    buffer: HeartbeatBuffer | None,
+    among: list[str] | None = None,
+) -> list[str]:
+    """The environment's agents that are ``online`` now (sorted), optionally only ``among``."""
+    statement = select(AgentRow).where(AgentRow.env_id == env_id)
+    if among is not None:
+        statement = statement.where(AgentRow.id.in_(among))
+    now = utcnow()
+    online = [
+        row.id
+        for row in await session.scalars(statement)
+        if status_of(_heartbeat_values(row, buffer)["last_heartbeat_at"], settings, now) == "online"
+    ]
+    return sorted(online)
 
 
 def status_of(last: datetime | None, settings: Settings, now: datetime) -> AgentStatus:
@@ -62,20 +124,14 @@ def status_of(last: datetime | None, settings: Settings, now: datetime) -> Agent
 
 
 def agent_record(
-    row: AgentRow, settings: Settings, buffer: HeartbeatBuffer, scopes: list[str] | None = None
+    row: AgentRow,
+    settings: Settings,
+    buffer: HeartbeatBuffer,
+    desired_digest: str | None,
+    scopes: list[str] | None = None,
 ) -> AgentRecord:
     """The agent's record, with any heartbeat still waiting in the buffer applied on top."""
-    values = {
-        "last_heartbeat_at": row.last_heartbeat_at,
-        "agent_version": row.agent_version,
-        "active_deployment_id": row.active_deployment_id,
-        "active_bundle_digest": row.active_bundle_digest,
-        "resources": row.resources,
-        "spool": row.spool,
-    }
-    pending = buffer.pending(row.id)
-    if pending is not None:
-        values.update(pending.columns())
+    values = _heartbeat_values(row, buffer)
     resources = values["resources"]
     last = values["last_heartbeat_at"]
     return AgentRecord(
@@ -86,15 +142,17 @@ def agent_record(
         environment_id=row.env_id,
         hostname=row.hostname,
         scopes=scopes or [],
-        status=status_of(last, settings, utcnow()),  # type: ignore[arg-type]
-        last_heartbeat_at=last,  # type: ignore[arg-type]
-        agent_version=values["agent_version"],  # type: ignore[arg-type]
-        active_deployment_id=values["active_deployment_id"],  # type: ignore[arg-type]
-        active_bundle_digest=values["active_bundle_digest"],  # type: ignore[arg-type]
+        status=status_of(last, settings, utcnow()),
+        last_heartbeat_at=last,
+        agent_version=values["agent_version"],
+        active_deployment_id=values["active_deployment_id"],
+        active_bundle_digest=values["active_bundle_digest"],
         resources=msgspec.convert(resources, Resources) if resources else None,
         spool=msgspec.convert(values["spool"], SpoolStats) if values["spool"] else None,
         created_at=row.created_at,
         public_key=row.public_key,
+        desired_bundle_digest=desired_digest,
+        in_sync=desired_digest is None or values["active_bundle_digest"] == desired_digest,
     )
 
 
@@ -118,7 +176,10 @@ async def list_agents(
     env = await where.resolve(session, caller, Role.VIEWER)
     statement = select(AgentRow).where(AgentRow.env_id == env.id)
     rows, cursor = await fetch_page(session, statement, AgentRow.id, page)
-    return Page(items=[agent_record(r, settings, buffer) for r in rows], next_cursor=cursor)
+    desired = env.desired_bundle_digest
+    return Page(
+        items=[agent_record(r, settings, buffer, desired) for r in rows], next_cursor=cursor
+    )
 
 
 async def get_agent(
@@ -130,16 +191,22 @@ async def get_agent(
     buffer: HeartbeatBuffer,
 ) -> AgentRecord:
     env = await where.resolve(session, caller, Role.VIEWER)
-    return agent_record(await _agent_row(session, env.id, agent_id), settings, buffer)
+    row = await _agent_row(session, env.id, agent_id)
+    return agent_record(row, settings, buffer, env.desired_bundle_digest)
 
 
 async def delete_agent(
-    session: AsyncSession, caller: Principal, where: EnvPath, agent_id: str
+    session: AsyncSession, caller: Principal, where: EnvPath, agent_id: str, jobs: Jobs
 ) -> None:
-    """Delete the agent; its keys go with it, so its next request is a 401."""
+    """Delete the agent; its keys go with it, so its next request is a 401.
+
+    Its rollout targets go with it too, and in-flight deployments are re-evaluated (by the
+    delivery domain, through a job) so none waits for an agent that no longer exists.
+    """
     env = await where.resolve(session, caller, Role.ADMIN)
     row = await _agent_row(session, env.id, agent_id)
     await session.delete(row)
+    await jobs.enqueue(RECONCILE_ENVIRONMENT, {"environment_id": env.id, "agent_id": agent_id})
     await session.commit()
 
 
@@ -166,7 +233,14 @@ async def own_record(
     row = await session.get(AgentRow, agent.agent_id)
     if row is None:  # pragma: no cover - the key lookup joined the agent row
         raise NotFound(f"No agent {agent.agent_id}")
-    return agent_record(row, settings, buffer, scopes=sorted(agent.scopes))
+    desired = await desired_state(session, row.env_id)
+    return agent_record(
+        row,
+        settings,
+        buffer,
+        desired.bundle_digest if desired else None,
+        scopes=sorted(agent.scopes),
+    )
 
 
 async def register_identity_key(
@@ -197,15 +271,6 @@ async def register_identity_key(
     return IdentityKey(public_key=registered)
 
 
-async def _manifest_waiting(session: AsyncSession, agent_id: str) -> bool:
-    waiting = await session.scalar(
-        select(DeploymentTargetRow.sequence)
-        .where(DeploymentTargetRow.agent_id == agent_id, DeploymentTargetRow.status == "issued")
-        .limit(1)
-    )
-    return waiting is not None
-
-
 async def latest_keyset_version(session: AsyncSession, org_id: str) -> int:
     version = await session.scalar(
         select(func.max(KeySetRow.version)).where(KeySetRow.org_id == org_id)
@@ -220,13 +285,17 @@ async def receive_heartbeat(
     settings: Settings,
     buffer: HeartbeatBuffer,
     kek: KeyEncryptionKey,
+    deployment_pending: PendingDeployment,
 ) -> HeartbeatResponse:
     """Buffer the heartbeat (no write) and tell the agent what awaits it."""
     now = utcnow()
     buffer.record(agent.agent_id, now, heartbeat)
+    pending = await deployment_pending(
+        session, agent.agent_id, agent.env_id, heartbeat.active_bundle_digest
+    )
     return HeartbeatResponse(
         next_interval_seconds=settings.agent_heartbeat_interval_seconds,
-        deployment_pending=await _manifest_waiting(session, agent.agent_id),
+        deployment_pending=pending,
         keyset_version=await latest_keyset_version(session, agent.org_id),
         rotated_api_key=await pending_key_secret(session, kek, agent.agent_id),
         server_time=now,

@@ -12,7 +12,7 @@ from controlplane.artifacts.ingest import read_incident_bundle
 from controlplane.artifacts.service import artifact_row
 from controlplane.db.models import ArtifactRow, EnvironmentRow, PipelineVersionRow, ReplayRow
 from controlplane.errors import Conflict, Forbidden, Invalid, NotFound
-from controlplane.jobs import PermanentJobError, enqueue
+from controlplane.jobs import Jobs, PermanentJobError
 from controlplane.orgs.access import authorize
 from shared.artifacts_api import Replay, ReplayCreate
 from shared.ids import new_id
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from controlplane.auth.principal import Principal
     from controlplane.jobs import JobContext
-    from controlplane.pipelines.service import EnvPath
+    from controlplane.orgs.paths import EnvPath
 
 __all__ = ["REPLAY_JOB", "approve_replay", "get_replay", "request_replay", "run_replay"]
 
@@ -51,7 +51,12 @@ def replay_schema(row: ReplayRow) -> Replay:
 
 
 async def request_replay(
-    session: AsyncSession, caller: Principal, where: EnvPath, artifact_id: str, data: ReplayCreate
+    session: AsyncSession,
+    caller: Principal,
+    where: EnvPath,
+    artifact_id: str,
+    data: ReplayCreate,
+    jobs: Jobs,
 ) -> Replay:
     """Create a replay; ``execute`` waits for an approval where the environment requires them."""
     env = await where.resolve(session, caller, Role.DEPLOYER)
@@ -90,9 +95,7 @@ async def request_replay(
     session.add(row)
     await session.flush()
     if not gated:
-        await enqueue(
-            session, REPLAY_JOB, {"replay_id": row.id}, dedupe_key=f"{REPLAY_JOB}:{row.id}"
-        )
+        await jobs.enqueue(REPLAY_JOB, {"replay_id": row.id}, dedupe_key=f"{REPLAY_JOB}:{row.id}")
     await session.commit()
     return replay_schema(row)
 
@@ -120,7 +123,12 @@ async def get_replay(
 
 
 async def approve_replay(
-    session: AsyncSession, caller: Principal, where: EnvPath, artifact_id: str, replay_id: str
+    session: AsyncSession,
+    caller: Principal,
+    where: EnvPath,
+    artifact_id: str,
+    replay_id: str,
+    jobs: Jobs,
 ) -> Replay:
     """Approve an ``execute`` replay (the environment's approver role; not one's own request)."""
     env = await where.resolve(session, caller, Role.VIEWER)
@@ -134,7 +142,7 @@ async def approve_replay(
         raise Conflict(f"Replay {replay_id} is {row.status}, not pending approval")
     row.status = "queued"
     row.approved_by = caller.user_id
-    await enqueue(session, REPLAY_JOB, {"replay_id": row.id}, dedupe_key=f"{REPLAY_JOB}:{row.id}")
+    await jobs.enqueue(REPLAY_JOB, {"replay_id": row.id}, dedupe_key=f"{REPLAY_JOB}:{row.id}")
     await session.commit()
     return replay_schema(row)
 

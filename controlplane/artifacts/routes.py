@@ -13,7 +13,7 @@ from litestar.response import File
 from controlplane.artifacts import replays, service
 from controlplane.artifacts.upload import MAX_UPLOAD_BODY, receive_upload
 from controlplane.auth.principal import AgentPrincipal
-from controlplane.deps import Blobs, Caller, DbSession, Paging, Where
+from controlplane.deps import Blobs, Caller, DbSession, JobQueue, Paging, Where, worker_wake
 from shared.artifacts import ArtifactReceipt
 from shared.artifacts_api import Artifact, Replay, ReplayCreate
 from shared.resources import Page
@@ -43,12 +43,11 @@ async def upload_artifact(
 ) -> Response[ArtifactReceipt]:
     agent = request.scope.get("user")
     assert isinstance(agent, AgentPrincipal)  # noqa: S101 - middleware contract
-    receipt, created = await receive_upload(request, state.database, blobs, agent)
+    receipt, created = await receive_upload(
+        request, state.database, blobs, agent, wake=worker_wake(state)
+    )
     if created:
         state.metrics.artifact_bytes.inc(int(request.headers.get("content-length") or 0))
-        worker = state.get("worker")
-        if worker is not None:
-            worker.notify()
     return Response(receipt, status_code=201 if created else 200)
 
 
@@ -97,20 +96,13 @@ class ArtifactController(Controller):
         session: DbSession,
         caller: Caller,
         where: Where,
+        jobs: JobQueue,
         artifact_id: FromPath[str],
         data: JSONBody[ReplayCreate | None] = None,
     ) -> Replay:
-        created = await replays.request_replay(
-            session,
-            caller,
-            where,
-            artifact_id,
-            data or ReplayCreate(),
+        return await replays.request_replay(
+            session, caller, where, artifact_id, data or ReplayCreate(), jobs
         )
-        worker = state.get("worker")
-        if worker is not None:
-            worker.notify()
-        return created
 
     @get("/{artifact_id:str}/replays/{replay_id:str}", summary="A replay and its audit (viewer)")
     async def get_replay(
@@ -134,14 +126,11 @@ class ArtifactController(Controller):
         session: DbSession,
         caller: Caller,
         where: Where,
+        jobs: JobQueue,
         artifact_id: FromPath[str],
         replay_id: FromPath[str],
     ) -> Replay:
-        approved = await replays.approve_replay(session, caller, where, artifact_id, replay_id)
-        worker = state.get("worker")
-        if worker is not None:
-            worker.notify()
-        return approved
+        return await replays.approve_replay(session, caller, where, artifact_id, replay_id, jobs)
 
     @get(
         "/{artifact_id:str}/content",

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from controlplane.auth.principal import Principal
+    from controlplane.orgs.paths import EnvPath
     from controlplane.pagination import PageRequest
-    from controlplane.pipelines.service import EnvPath
 
 __all__ = ["ArtifactFilters", "artifact_row", "get_artifact", "list_artifacts"]
 

@@ -20,11 +20,12 @@ from sqlalchemy import or_, select
 
 from controlplane.db.models import AgentRow, ArtifactRow
 from controlplane.errors import BadRequest, PayloadTooLarge
-from controlplane.jobs import enqueue
+from controlplane.jobs import Jobs
 from shared.artifacts import MAX_ARTIFACT_BYTES, ArtifactMetadata, ArtifactReceipt, verify_metadata
 from shared.ids import new_id
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from litestar import Request
@@ -116,8 +117,12 @@ async def receive_upload(
     database: Database,
     blobs: BlobStore,
     agent: AgentPrincipal,
+    wake: Callable[[], None] | None = None,
 ) -> tuple[ArtifactReceipt, bool]:
-    """Store one uploaded artifact; returns the receipt and whether it was new."""
+    """Store one uploaded artifact; returns the receipt and whether it was new.
+
+    ``wake`` tells this process's worker about the ingest job once it is committed.
+    """
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get("boundary")
     if kind != "multipart/form-data" or not boundary:
@@ -162,7 +167,7 @@ async def receive_upload(
         raise BadRequest("The file does not match the size and sha256 its metadata declares")
     assert upload.staged is not None  # noqa: S101 - checked above
     blobs.adopt(upload.staged, digest)
-    return await _record(database, agent, metadata, digest)
+    return await _record(database, agent, metadata, digest, wake)
 
 
 async def _on_event(event: Any, upload: _Upload, database: Database, agent: AgentPrincipal) -> None:
@@ -202,7 +207,11 @@ async def _on_metadata(upload: _Upload, database: Database, agent: AgentPrincipa
 
 
 async def _record(
-    database: Database, agent: AgentPrincipal, metadata: ArtifactMetadata, digest: str
+    database: Database,
+    agent: AgentPrincipal,
+    metadata: ArtifactMetadata,
+    digest: str,
+    wake: Callable[[], None] | None,
 ) -> tuple[ArtifactReceipt, bool]:
     from sqlalchemy.exc import IntegrityError
 
@@ -234,8 +243,8 @@ async def _record(
             return ArtifactReceipt(
                 artifact_id=existing[0], status=existing[1], duplicate=True
             ), False
-        await enqueue(
-            session, INGEST_JOB, {"artifact_id": row.id}, dedupe_key=f"{INGEST_JOB}:{row.id}"
+        await Jobs(session, wake).enqueue(
+            INGEST_JOB, {"artifact_id": row.id}, dedupe_key=f"{INGEST_JOB}:{row.id}"
         )
         await session.commit()
         return ArtifactReceipt(artifact_id=row.id, status=row.status), True

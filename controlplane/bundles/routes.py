@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
 from controlplane.bundles import service
-from controlplane.deps import Blobs, Caller, DbSession, Paging, Where
+from controlplane.deps import Blobs, Caller, DbSession, JobQueue, Paging, Where
 from controlplane.errors import Conflict
 from shared.pipelines import ConfigBundle, ConfigBundleCreate, RuntimeConfigPreview
 from shared.resources import Page
@@ -50,14 +50,12 @@ class ConfigBundleController(Controller):
         session: DbSession,
         caller: Caller,
         where: Where,
+        jobs: JobQueue,
         data: JSONBody[ConfigBundleCreate],
     ) -> Response[ConfigBundle]:
         bundle, _job_id = await service.request_bundle(
-            session, caller, where, data.pipeline_version_id
+            session, caller, where, data.pipeline_version_id, jobs
         )
-        worker = state.get("worker")
-        if worker is not None:
-            worker.notify()
         location = f"{request.url.path.rstrip('/')}/{bundle.id}"
         return Response(bundle, status_code=202, headers={"Location": location})
 

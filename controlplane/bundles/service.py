@@ -17,7 +17,7 @@ from controlplane.db.models import (
 )
 from controlplane.db.types import utcnow
 from controlplane.errors import NotFound
-from controlplane.jobs import PermanentJobError, enqueue
+from controlplane.jobs import Jobs, PermanentJobError
 from controlplane.pagination import fetch_page
 from controlplane.pipelines.service import get_version_row
 from controlplane.signing.service import sign_for_org
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
     from controlplane.auth.principal import Principal
     from controlplane.jobs import JobContext
+    from controlplane.orgs.paths import EnvPath
     from controlplane.pagination import PageRequest
-    from controlplane.pipelines.service import EnvPath
 
 __all__ = [
     "BUILD_JOB",
@@ -113,7 +113,7 @@ async def preview_runtime_config(
 
 
 async def request_bundle(
-    session: AsyncSession, caller: Principal, where: EnvPath, version_id: str
+    session: AsyncSession, caller: Principal, where: EnvPath, version_id: str, jobs: Jobs
 ) -> tuple[ConfigBundle, str]:
     """Record a bundle in ``building`` and enqueue its build in the same transaction.
 
@@ -123,8 +123,8 @@ async def request_bundle(
     env = await where.resolve(session, caller, Role.DEPLOYER)
     version = await get_version_row(session, env.id, version_id)
     row = await new_bundle_row(session, env, version, caller.user_id)
-    job_id = await enqueue(
-        session, BUILD_JOB, {"bundle_id": row.id}, dedupe_key=f"{BUILD_JOB}:{row.id}"
+    job_id = await jobs.enqueue(
+        BUILD_JOB, {"bundle_id": row.id}, dedupe_key=f"{BUILD_JOB}:{row.id}"
     )
     await session.commit()
     return bundle_schema(row), job_id

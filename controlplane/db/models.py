@@ -7,11 +7,12 @@ environment removes every descendant row inside the database itself.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -24,6 +25,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from controlplane.db.types import JSONDocument, UTCDateTime, utcnow
+from controlplane.delivery.states import (
+    ApprovalStatus,
+    DeploymentStatus,
+    TargetPhase,
+    TargetStatus,
+)
+
+if TYPE_CHECKING:
+    import enum
 
 __all__ = [
     "AgentKeyRow",
@@ -59,6 +69,18 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def _status(kind: type[enum.StrEnum], length: int) -> Enum:
+    """A status column typed by its enum, stored as its string value (no database enum type)."""
+    return Enum(
+        kind,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
 
 
 class Base(DeclarativeBase):
@@ -123,6 +145,11 @@ class EnvironmentRow(TimestampedMixin, Base):
     rollback_policy: Mapped[str] = mapped_column(String(16), nullable=False, default="manual")
     tuning_profile: Mapped[str] = mapped_column(String(32), nullable=False, default="default")
     runtime_config: Mapped[dict[str, Any]] = mapped_column(JSONDocument, nullable=False)
+    #: The desired state, written only by the delivery domain (through the environments
+    #: service): the current deployment and the bundle every agent here should run.
+    current_deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    desired_bundle_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    desired_bundle_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class UserRow(Base):
@@ -431,13 +458,24 @@ class DeploymentRow(TimestampedMixin, Base):
     config_bundle_id: Mapped[str | None] = mapped_column(
         ID, ForeignKey("config_bundles.id", ondelete="CASCADE"), nullable=True
     )
-    status: Mapped[str] = mapped_column(String(24), nullable=False)
+    status: Mapped[DeploymentStatus] = mapped_column(_status(DeploymentStatus, 24), nullable=False)
     status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     description: Mapped[str] = mapped_column(String(2000), nullable=False, default="")
+    #: The rollout's targets: the requested agents until it rolls out, then those online then
+    #: (plus agents that joined while it was deploying).
     agent_ids: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    #: The agents the deployer named, or ``None`` for the whole environment.
+    requested_agent_ids: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
     approvals_required: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     requested_by: Mapped[str | None] = mapped_column(ID, nullable=True)
     rollout_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When the current status gives up (every status that waits has one; resting ones none).
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The environment's current deployment when this one started rolling out (what a
+    #: rollback of this one restores).
+    previous_deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    #: The deployment that became current after this one.
+    superseded_by: Mapped[str | None] = mapped_column(ID, nullable=True)
 
 
 class DeploymentEventRow(Base):
@@ -468,13 +506,15 @@ class DeploymentTargetRow(Base):
     agent_id: Mapped[str] = mapped_column(
         ID, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
     )
-    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
+    phase: Mapped[TargetPhase] = mapped_column(_status(TargetPhase, 16), primary_key=True)
     bundle_id: Mapped[str] = mapped_column(
         ID, ForeignKey("config_bundles.id", ondelete="CASCADE"), nullable=False
     )
     bundle_digest: Mapped[str] = mapped_column(String(80), nullable=False)
     sequence: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[TargetStatus] = mapped_column(_status(TargetStatus, 16), nullable=False)
+    #: How many manifests this row has carried (a convergence retry issues a fresh one).
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     manifest: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
     previous_bundle_id: Mapped[str | None] = mapped_column(ID, nullable=True)
@@ -500,7 +540,7 @@ class ApprovalRow(Base):
     deployment_id: Mapped[str] = mapped_column(
         ID, ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False
     )
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[ApprovalStatus] = mapped_column(_status(ApprovalStatus, 16), nullable=False)
     requested_by: Mapped[str | None] = mapped_column(ID, nullable=True)
     decided_by: Mapped[str | None] = mapped_column(ID, nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

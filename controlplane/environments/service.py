@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from msgspec import UNSET
@@ -25,12 +26,15 @@ if TYPE_CHECKING:
     from controlplane.pagination import PageRequest
 
 __all__ = [
+    "DesiredState",
     "create_environment",
     "delete_environment",
+    "desired_state",
     "environment_schema",
     "get_environment",
     "get_environment_row",
     "list_environments",
+    "set_desired_state",
     "update_environment",
 ]
 
@@ -62,6 +66,8 @@ def environment_schema(row: EnvironmentRow) -> Environment:
         rollback_policy=RollbackPolicy(row.rollback_policy),
         tuning_profile=TuningProfile(row.tuning_profile),
         runtime_config=row.runtime_config,
+        current_deployment_id=row.current_deployment_id,
+        desired_bundle_digest=row.desired_bundle_digest,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -175,3 +181,49 @@ async def delete_environment(
     row = await get_environment_row(session, org_id, project_id, env_id)
     await session.delete(row)
     await session.commit()
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """What every agent of an environment should run: its current deployment's bundle."""
+
+    deployment_id: str
+    bundle_id: str
+    bundle_digest: str
+
+
+async def desired_state(
+    session: AsyncSession, env_id: str, *, for_update: bool = False
+) -> DesiredState | None:
+    """The environment's desired state, or ``None`` before anything reached ``active``.
+
+    ``for_update`` locks the environment row (PostgreSQL), so changes to the desired state of
+    one environment happen one after another.
+    """
+    statement = select(
+        EnvironmentRow.current_deployment_id,
+        EnvironmentRow.desired_bundle_id,
+        EnvironmentRow.desired_bundle_digest,
+    ).where(EnvironmentRow.id == env_id)
+    if for_update:
+        statement = statement.with_for_update()
+    row = (await session.execute(statement)).one_or_none()
+    if row is None or row[0] is None or row[1] is None or row[2] is None:
+        return None
+    return DesiredState(deployment_id=row[0], bundle_id=row[1], bundle_digest=row[2])
+
+
+async def set_desired_state(
+    session: AsyncSession, env_id: str, desired: DesiredState | None
+) -> None:
+    """Record the environment's current deployment (no commit).
+
+    Only the delivery domain calls this, from its lifecycle: when a deployment becomes
+    ``active`` and when a rollback restores an earlier one.
+    """
+    row = await session.get(EnvironmentRow, env_id)
+    if row is None:
+        raise NotFound(f"No environment {env_id}")
+    row.current_deployment_id = desired.deployment_id if desired else None
+    row.desired_bundle_id = desired.bundle_id if desired else None
+    row.desired_bundle_digest = desired.bundle_digest if desired else None

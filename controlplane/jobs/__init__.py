@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from controlplane.jobs.dispatch import Jobs
 from controlplane.jobs.engine import JobState, PermanentJobError, enqueue
 from controlplane.jobs.worker import JobContext, JobHandler, Worker
 
-__all__ = ["JobContext", "JobHandler", "JobState", "PermanentJobError", "Worker", "enqueue"]
+__all__ = [
+    "JobContext",
+    "JobHandler",
+    "JobState",
+    "Jobs",
+    "PermanentJobError",
+    "Worker",
+    "enqueue",
+]

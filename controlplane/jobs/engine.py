@@ -74,9 +74,12 @@ async def enqueue(
     dedupe_key: str | None = None,
     max_attempts: int = 5,
     delay: timedelta | None = None,
+    run_at: datetime | None = None,
 ) -> str:
     """Add a job in the caller's transaction (it runs only if that transaction commits).
 
+    A job runs as soon as a worker is free, or not before ``run_at`` (or ``delay`` from now):
+    time-based work (deadlines, expiries) is scheduled for its time, never retried until then.
     With ``dedupe_key``, enqueueing the same work twice returns the existing job's id.
     """
     if dedupe_key is not None:
@@ -90,7 +93,7 @@ async def enqueue(
         state=JobState.QUEUED.value,
         dedupe_key=dedupe_key,
         max_attempts=max_attempts,
-        run_after=utcnow() + (delay or timedelta()),
+        run_after=run_at if run_at is not None else utcnow() + (delay or timedelta()),
     )
     try:
         async with session.begin_nested():

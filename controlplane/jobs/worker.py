@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from controlplane.jobs.engine import claim_next, finish
 
 if TYPE_CHECKING:
+    from controlplane.agents.heartbeats import HeartbeatBuffer
     from controlplane.blobs import BlobStore
     from controlplane.db import Database
-    from controlplane.deployments.signals import AgentSignals
+    from controlplane.delivery.signals import AgentSignals
     from controlplane.settings import Settings
     from controlplane.signing.kek import KeyEncryptionKey
 
@@ -38,6 +39,8 @@ class JobContext:
     attempt: int
     final_attempt: bool
     signals: AgentSignals | None = None
+    #: This process's coalesced heartbeats (combined mode), so "online" is current to the second.
+    heartbeats: HeartbeatBuffer | None = None
 
 
 JobHandler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]
@@ -55,6 +58,7 @@ class Worker:
         blobs: BlobStore,
         handlers: dict[str, JobHandler],
         signals: AgentSignals | None = None,
+        heartbeats: HeartbeatBuffer | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -62,6 +66,7 @@ class Worker:
         self.blobs = blobs
         self.handlers = handlers
         self.signals = signals
+        self.heartbeats = heartbeats
         self.worker_id = f"{socket.gethostname()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -104,6 +109,7 @@ class Worker:
             attempt=attempt,
             final_attempt=attempt >= max_attempts,
             signals=self.signals,
+            heartbeats=self.heartbeats,
         )
         error: BaseException | None = None
         try:

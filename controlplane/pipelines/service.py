@@ -9,9 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.db.models import PipelineDraftRow, PipelineVersionRow
-from controlplane.environments.service import get_environment_row
 from controlplane.errors import Conflict, Invalid, NotFound, PreconditionFailed
-from controlplane.orgs.access import authorize
 from controlplane.pagination import fetch_page
 from shared.ids import new_id
 from shared.pipelines import Draft, DraftCreate, DraftUpdate, Preview, Version
@@ -23,11 +21,10 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from controlplane.auth.principal import Principal
-    from controlplane.db.models import EnvironmentRow
+    from controlplane.orgs.paths import EnvPath
     from controlplane.pagination import PageRequest
 
 __all__ = [
-    "EnvPath",
     "create_draft",
     "get_draft",
     "get_version",
@@ -38,24 +35,6 @@ __all__ = [
     "promote_draft",
     "update_draft",
 ]
-
-
-class EnvPath:
-    """The ``org/project/environment`` a request addresses."""
-
-    __slots__ = ("env_id", "org_id", "project_id")
-
-    def __init__(self, org_id: str, project_id: str, env_id: str) -> None:
-        self.org_id = org_id
-        self.project_id = project_id
-        self.env_id = env_id
-
-    async def resolve(
-        self, session: AsyncSession, caller: Principal, minimum: Role
-    ) -> EnvironmentRow:
-        """Check the caller's role, then that the environment sits under this path."""
-        await authorize(session, caller, self.org_id, minimum)
-        return await get_environment_row(session, self.org_id, self.project_id, self.env_id)
 
 
 def draft_schema(row: PipelineDraftRow) -> Draft:

@@ -204,7 +204,12 @@ def test_expiry_and_revocation_mid_rollout(
             (stale,),
         )
         db.execute(
-            "UPDATE jobs SET run_after = '2000-01-01 00:00:00.000000' WHERE kind = 'approval.expire'"
+            "UPDATE deployments SET deadline_at = '2000-01-01 00:00:00.000000' WHERE id = ?",
+            (stale,),
+        )
+        db.execute(
+            "UPDATE jobs SET run_after = '2000-01-01 00:00:00.000000' "
+            "WHERE kind = 'deployment.deadline' AND state = 'queued'"
         )
     denied = settle(tenant, stale, "denied")
     assert "expired" in denied["status_reason"]

@@ -136,7 +136,7 @@ def test_demo_brings_an_agent_online(tmp_path: Path) -> None:
     assert "agent demo-agent (agt_" in lines[5]
     assert "is online: last heartbeat" in lines[5]
     out = result.stdout
-    assert out.count("-> active (every target is active)") == 2
+    assert out.count("-> active (every target is active (1))") == 2
     assert "runs pipeline.name=orders-v2" in out
     assert "-> rolled_back" in out
     assert "runs pipeline.name=orders again" in out

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 from sqlalchemy import update
 
-from controlplane.db.models import JobRow
+from controlplane.db.models import ApprovalRow, DeploymentRow, JobRow
 from controlplane.db.types import utcnow
 from shared.deployments import ManifestPayload
 from shared.signing import Envelope, decode_keyset, verify_envelope
@@ -25,6 +26,27 @@ class World:
     tree: Tree
     version_id: str
     agents: list[dict[str, Any]]
+    _sequence: int = 0
+
+    async def heartbeat(
+        self, agent: dict[str, Any], digest: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """A heartbeat from ``agent`` (it is ``online`` from now on), saying it runs ``digest``."""
+        self._sequence += 1
+        body: dict[str, Any] = await self.stack.ok(
+            "POST",
+            f"/api/v1/agents/{agent['agent_id']}/heartbeat",
+            headers=agent_headers(agent),
+            json={"sequence": self._sequence, "active_bundle_digest": digest} | extra,
+        )
+        return body
+
+    async def add_agent(self, name: str, *, online: bool = True) -> dict[str, Any]:
+        agent = await enrolled_agent(self.stack, self.tree, name=name)
+        self.agents.append(agent)
+        if online:
+            await self.heartbeat(agent)
+        return agent
 
     async def deploy(self, actor: Actor | None = None, **body: Any) -> Any:
         payload = {"pipeline_version_id": self.version_id} | body
@@ -90,7 +112,25 @@ class World:
             assert manifest.deployment_id == deployment_id
             assert (await self.report(agent, manifest, "activating")).status_code == 204
             assert (await self.report(agent, manifest, "active")).status_code == 204
+            await self.heartbeat(agent, manifest.bundle_digest)
         await self.wait_status(deployment_id, "active")
+
+    async def pass_deadline(self, deployment_id: str) -> None:
+        """Let the deployment's current deadline pass now, and run the jobs due then."""
+        past = utcnow() - timedelta(seconds=1)
+        async with self.stack.database.sessionmaker() as session:
+            await session.execute(
+                update(DeploymentRow)
+                .where(DeploymentRow.id == deployment_id)
+                .values(deadline_at=past)
+            )
+            await session.execute(
+                update(ApprovalRow)
+                .where(ApprovalRow.deployment_id == deployment_id)
+                .values(expires_at=past)
+            )
+            await session.commit()
+        await self.run_delayed_jobs()
 
     async def run_delayed_jobs(self) -> None:
         async with self.stack.database.sessionmaker() as session:
@@ -109,5 +149,7 @@ async def make_world(stack: Stack, agents: int = 2, **env_settings: Any) -> Worl
         "POST", f"{tree.env_path}/drafts", tree.owner, json={"name": "orders", "plan": SINGLE_RING}
     )
     version = await stack.ok("POST", f"{tree.env_path}/drafts/{draft['id']}/version", tree.owner)
-    enrolled = [await enrolled_agent(stack, tree, name=f"node-{i}") for i in range(agents)]
-    return World(stack=stack, tree=tree, version_id=version["id"], agents=enrolled)
+    world = World(stack=stack, tree=tree, version_id=version["id"], agents=[])
+    for i in range(agents):
+        await world.add_agent(f"node-{i}")
+    return world

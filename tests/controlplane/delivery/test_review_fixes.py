@@ -17,7 +17,7 @@ from tests.controlplane.agents.helpers import (
     enrolled_agent,
     enrollment_token,
 )
-from tests.controlplane.deployments.world import make_world
+from tests.controlplane.delivery.world import make_world
 
 pytestmark = pytest.mark.anyio
 

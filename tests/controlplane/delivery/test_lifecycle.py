@@ -3,17 +3,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
 
-from controlplane.db.models import ApprovalRow, DeploymentRow
-from controlplane.db.types import utcnow
 from shared.roles import Role
 from tests.conftest import Stack
 from tests.controlplane.agents.helpers import agent_headers
-from tests.controlplane.deployments.world import make_world
+from tests.controlplane.delivery.world import make_world
 
 pytestmark = pytest.mark.anyio
 
@@ -130,14 +126,7 @@ async def test_deny_is_terminal(stack: Stack) -> None:
 async def test_undecided_approvals_expire_and_deny(stack: Stack) -> None:
     world = await make_world(stack, approvals_required=1, approval_window_seconds=60)
     created = (await world.deploy()).json()
-    async with stack.database.sessionmaker() as session:
-        await session.execute(
-            update(ApprovalRow)
-            .where(ApprovalRow.deployment_id == created["id"])
-            .values(expires_at=utcnow() - timedelta(seconds=1))
-        )
-        await session.commit()
-    await world.run_delayed_jobs()
+    await world.pass_deadline(created["id"])
     detail = await world.wait_status(created["id"], "denied")
     assert "expired" in detail["status_reason"]
     approvals = await stack.ok("GET", f"{world.tree.env_path}/approvals", world.tree.owner)
@@ -221,7 +210,7 @@ async def test_failure_rolls_back_automatically_to_the_previous_bundle(stack: St
         assert manifest.sequence == 3
         await world.report(agent, manifest, "rolled_back")
     final = await world.wait_status(second["id"], "rolled_back")
-    assert final["events"][-1]["reason"] == "previous bundle restored on every target"
+    assert final["events"][-1]["reason"] == "previous bundle restored: 2 confirmed"
 
 
 async def test_manual_policy_waits_for_an_operator_rollback(stack: Stack) -> None:
@@ -262,16 +251,10 @@ async def test_rollout_deadline_fails_the_deployment(stack: Stack) -> None:
     world = await make_world(stack, agents=1)
     created = (await world.deploy()).json()
     await world.wait_status(created["id"], "deploying")
-    async with stack.database.sessionmaker() as session:
-        await session.execute(
-            update(DeploymentRow)
-            .where(DeploymentRow.id == created["id"])
-            .values(rollout_deadline_at=utcnow() - timedelta(seconds=1))
-        )
-        await session.commit()
-    await world.run_delayed_jobs()
+    await world.pass_deadline(created["id"])
     detail = await world.wait_status(created["id"], "failed")
-    assert detail["status_reason"] == "rollout deadline passed"
+    assert detail["status_reason"] == "rollout deadline passed; 1 target(s) did not report"
+    assert [t["status"] for t in detail["targets"]] == ["unreachable"]
 
 
 async def test_long_poll_waits_then_304_and_etag_moves(stack: Stack) -> None:
@@ -343,10 +326,25 @@ async def test_bad_deployment_requests(stack: Stack, body: dict[str, object]) ->
     assert listed["items"] == []
 
 
-async def test_no_agents_is_422_and_filter_by_status(stack: Stack) -> None:
+async def test_a_deployment_with_no_agent_online_sets_the_desired_state(stack: Stack) -> None:
     world = await make_world(stack, agents=0)
     response = await world.deploy()
-    assert response.status_code == 422
+    assert response.status_code == 201
+    detail = await world.wait_status(response.json()["id"], "active")
+    assert detail["targets"] == []
+    assert detail["status_reason"] == "no agent was online; agents converge when they check in"
+    env = await stack.ok("GET", world.tree.env_path, world.tree.owner)
+    assert env["current_deployment_id"] == detail["id"]
+    assert env["desired_bundle_digest"] is not None
+    # The first host enrolled afterwards gets the desired bundle, with no new deployment.
+    agent = await world.add_agent("late")
+    manifest = await world.manifest(agent)
+    assert manifest.deployment_id == detail["id"]
+    assert manifest.bundle_digest == env["desired_bundle_digest"]
+
+
+async def test_unknown_status_filter_is_400(stack: Stack) -> None:
+    world = await make_world(stack, agents=0)
     listed = await stack.call(
         "GET", f"{world.tree.env_path}/deployments", world.tree.owner, params={"status": "bogus"}
     )

@@ -10,17 +10,18 @@ deployment. Revoking an approval before the deployment is active stops it: not y
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from controlplane.db.models import ApprovalRow, DeploymentRow, EnvironmentRow
 from controlplane.db.types import utcnow
-from controlplane.deployments.lifecycle import Status, transition
-from controlplane.deployments.rollout import ROLLOUT_JOB, SYSTEM, start_rollback
+from controlplane.delivery.deadlines import expire_approvals
+from controlplane.delivery.lifecycle import move_approval, transition
+from controlplane.delivery.rollout import ROLLOUT_JOB, Delivery, start_rollback
+from controlplane.delivery.states import ApprovalStatus, DeploymentStatus
 from controlplane.errors import Conflict, Forbidden, NotFound
-from controlplane.jobs import enqueue
 from controlplane.orgs.access import authorize
 from controlplane.pagination import fetch_page
 from shared.deployments_api import Approval, ApprovalCreate
@@ -32,23 +33,19 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from controlplane.auth.principal import Principal
-    from controlplane.jobs import JobContext
+    from controlplane.jobs import Jobs
+    from controlplane.orgs.paths import EnvPath
     from controlplane.pagination import PageRequest
-    from controlplane.pipelines.service import EnvPath
     from controlplane.settings import Settings
-    from controlplane.signing.kek import KeyEncryptionKey
 
 __all__ = [
-    "EXPIRY_JOB",
+    "close_pending",
     "decide",
-    "expire_approvals",
     "get_approval",
     "list_approvals",
     "open_approvals",
     "revoke",
 ]
-
-EXPIRY_JOB = "approval.expire"
 
 
 def approval_schema(row: ApprovalRow) -> Approval:
@@ -57,7 +54,7 @@ def approval_schema(row: ApprovalRow) -> Approval:
         org_id=row.org_id,
         environment_id=row.env_id,
         deployment_id=row.deployment_id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status.value,
         requested_by=row.requested_by,
         decided_by=row.decided_by,
         decided_at=row.decided_at,
@@ -67,12 +64,18 @@ def approval_schema(row: ApprovalRow) -> Approval:
     )
 
 
-async def open_approvals(
-    session: AsyncSession, deployment: DeploymentRow, env: EnvironmentRow
+def approval_deadline(env: EnvironmentRow) -> datetime:
+    """When approvals requested now expire: the end of the environment's approval window."""
+    return utcnow() + timedelta(seconds=env.approval_window_seconds)
+
+
+def open_approvals(
+    session: AsyncSession, deployment: DeploymentRow, env: EnvironmentRow, expires_at: datetime
 ) -> None:
-    """Create the deployment's pending approvals and schedule their expiry (no commit)."""
-    window = timedelta(seconds=env.approval_window_seconds)
-    expires_at = utcnow() + window
+    """Create the deployment's pending approvals (no commit).
+
+    Their expiry is the deployment's ``pending_approval`` deadline, scheduled by its lifecycle.
+    """
     for _ in range(env.approvals_required):
         session.add(
             ApprovalRow(
@@ -80,18 +83,24 @@ async def open_approvals(
                 org_id=deployment.org_id,
                 env_id=deployment.env_id,
                 deployment_id=deployment.id,
-                status="pending",
+                status=ApprovalStatus.PENDING,
                 requested_by=deployment.requested_by,
                 expires_at=expires_at,
             )
         )
-    await enqueue(
-        session,
-        EXPIRY_JOB,
-        {"deployment_id": deployment.id},
-        dedupe_key=f"{EXPIRY_JOB}:{deployment.id}",
-        delay=window,
+
+
+async def close_pending(session: AsyncSession, deployment_id: str) -> None:
+    """Withdraw the deployment's undecided approvals (it was cancelled or denied)."""
+    await session.flush()  # the session does not autoflush: a slot just decided is not pending
+    pending = await session.scalars(
+        select(ApprovalRow).where(
+            ApprovalRow.deployment_id == deployment_id,
+            ApprovalRow.status == ApprovalStatus.PENDING,
+        )
     )
+    for approval in pending:
+        move_approval(approval, ApprovalStatus.REVOKED)
 
 
 async def _locked_deployment(
@@ -108,7 +117,12 @@ async def _locked_deployment(
 
 
 async def decide(
-    session: AsyncSession, caller: Principal, where: EnvPath, data: ApprovalCreate
+    session: AsyncSession,
+    caller: Principal,
+    where: EnvPath,
+    data: ApprovalCreate,
+    jobs: Jobs,
+    settings: Settings,
 ) -> Approval:
     """Record ``caller``'s approve/deny decision on a pending deployment (commits)."""
     env = await where.resolve(session, caller, Role.VIEWER)
@@ -123,7 +137,7 @@ async def decide(
         raise Forbidden(
             "You requested this deployment; this environment does not allow self-approval"
         )
-    if deployment.status != Status.PENDING_APPROVAL:
+    if deployment.status != DeploymentStatus.PENDING_APPROVAL:
         raise Conflict(f"Deployment {deployment.id} is {deployment.status}, not pending approval")
     approvals = list(
         await session.scalars(
@@ -134,48 +148,40 @@ async def decide(
     )
     if any(a.decided_by == caller.user_id for a in approvals):
         raise Conflict("You already decided on this deployment")
-    slot = next((a for a in approvals if a.status == "pending"), None)
+    slot = next((a for a in approvals if a.status == ApprovalStatus.PENDING), None)
     if slot is None:
         raise Conflict("No approval of this deployment is pending")
     if slot.expires_at <= utcnow():
-        # The window closed before the expiry job ran: expire now rather than accept a late vote.
-        for approval in approvals:
-            if approval.status == "pending":
-                approval.status = "expired"
-        transition(
-            session,
-            deployment,
-            Status.DENIED,
-            actor=SYSTEM,
-            reason="approval window expired without enough approvals",
-        )
+        # The window closed before the deadline job ran: expire now rather than accept a vote.
+        await expire_approvals(session, deployment)
         await session.commit()
         raise Conflict("The approval window of this deployment has closed; it is denied")
     slot.decided_by = caller.user_id
     slot.decided_at = utcnow()
     slot.comment = data.comment
     if data.decision == "deny":
-        slot.status = "denied"
-        transition(
+        move_approval(slot, ApprovalStatus.DENIED)
+        await transition(
             session,
             deployment,
-            Status.DENIED,
+            DeploymentStatus.DENIED,
             actor=caller.user_id,
             reason=f"denied by {caller.user_id}" + (f": {data.comment}" if data.comment else ""),
         )
+        await close_pending(session, deployment.id)
     else:
-        slot.status = "approved"
-        granted = sum(1 for a in approvals if a.status == "approved")
+        move_approval(slot, ApprovalStatus.APPROVED)
+        granted = sum(1 for a in approvals if a.status == ApprovalStatus.APPROVED)
         if granted >= deployment.approvals_required:
-            transition(
+            await transition(
                 session,
                 deployment,
-                Status.APPROVED,
+                DeploymentStatus.APPROVED,
                 actor=caller.user_id,
                 reason=f"{granted} of {deployment.approvals_required} approvals granted",
+                deadline=utcnow() + timedelta(seconds=settings.build_timeout_seconds),
             )
-            await enqueue(
-                session,
+            await jobs.enqueue(
                 ROLLOUT_JOB,
                 {"deployment_id": deployment.id},
                 dedupe_key=f"{ROLLOUT_JOB}:{deployment.id}",
@@ -189,8 +195,7 @@ async def revoke(
     caller: Principal,
     where: EnvPath,
     approval_id: str,
-    kek: KeyEncryptionKey,
-    settings: Settings,
+    delivery: Delivery,
 ) -> Approval:
     """Revoke a granted approval (by its approver or an admin) and stop the deployment."""
     env = await where.resolve(session, caller, Role.VIEWER)
@@ -202,24 +207,29 @@ async def revoke(
         raise NotFound(f"No approval {approval_id} in environment {env.id}")
     if approval.decided_by != caller.user_id and not role.at_least(Role.ADMIN):
         raise Forbidden("Only the approver who granted it, or an admin, can revoke an approval")
-    if approval.status != "approved":
+    if approval.status != ApprovalStatus.APPROVED:
         raise Conflict(
             f"Approval {approval_id} is {approval.status}; only granted approvals can be revoked"
         )
     deployment = await _locked_deployment(session, env.id, approval.deployment_id)
-    status = Status(deployment.status)
+    status = DeploymentStatus(deployment.status)
     reason = f"approval {approval_id} revoked by {caller.user_id}"
-    if status in (Status.PENDING_APPROVAL, Status.APPROVED, Status.BUILDING):
-        transition(session, deployment, Status.DENIED, actor=caller.user_id, reason=reason)
-    elif status is Status.DEPLOYING:
-        await start_rollback(
-            session, kek, settings, deployment, actor=caller.user_id, reason=reason
+    if status in (
+        DeploymentStatus.PENDING_APPROVAL,
+        DeploymentStatus.APPROVED,
+        DeploymentStatus.BUILDING,
+    ):
+        await transition(
+            session, deployment, DeploymentStatus.DENIED, actor=caller.user_id, reason=reason
         )
+        await close_pending(session, deployment.id)
+    elif status is DeploymentStatus.DEPLOYING:
+        await start_rollback(session, delivery, deployment, actor=caller.user_id, reason=reason)
     else:
         raise Conflict(
             f"Deployment {deployment.id} is already {status.value}; roll it back instead"
         )
-    approval.status = "revoked"
+    move_approval(approval, ApprovalStatus.REVOKED)
     await session.commit()
     return approval_schema(approval)
 
@@ -243,35 +253,3 @@ async def get_approval(
     if row is None:
         raise NotFound(f"No approval {approval_id} in environment {env.id}")
     return approval_schema(row)
-
-
-async def expire_approvals(context: JobContext, payload: dict[str, Any]) -> None:
-    """Job: undecided approvals past the window expire and deny their deployment."""
-    deployment_id = str(payload.get("deployment_id", ""))
-    async with context.database.sessionmaker() as session:
-        deployment = await session.scalar(
-            select(DeploymentRow).where(DeploymentRow.id == deployment_id).with_for_update()
-        )
-        if deployment is None:
-            return
-        pending = list(
-            await session.scalars(
-                select(ApprovalRow).where(
-                    ApprovalRow.deployment_id == deployment_id, ApprovalRow.status == "pending"
-                )
-            )
-        )
-        now = utcnow()
-        if any(a.expires_at > now for a in pending):
-            raise RuntimeError("approval window not over yet; retrying later")
-        for approval in pending:
-            approval.status = "expired"
-        if deployment.status == Status.PENDING_APPROVAL:
-            transition(
-                session,
-                deployment,
-                Status.DENIED,
-                actor=SYSTEM,
-                reason="approval window expired without enough approvals",
-            )
-        await session.commit()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from controlplane.approvals import service as approvals
-from controlplane.deployments import service
-from controlplane.deps import Caller, DbSession, Kek, Paging, Where
+from controlplane.delivery import approvals, service
+from controlplane.delivery.rollout import Delivery
+from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where
 from shared.deployments_api import (
     Approval,
     ApprovalCreate,
+    CancelRequest,
     Deployment,
     DeploymentCreate,
     DeploymentDetail,
@@ -21,16 +22,21 @@ from shared.deployments_api import (
 )
 from shared.resources import Page
 
+if TYPE_CHECKING:
+    from controlplane.signing.kek import KeyEncryptionKey
+
 __all__ = ["ApprovalController", "DeploymentController"]
 
 ENV = "/api/v1/orgs/{org_id:str}/projects/{project_id:str}/environments/{env_id:str}"
 StatusFilter = Annotated[str | None, QueryParameter(description="only deployments in this status")]
+SupersededFilter = Annotated[
+    bool | None,
+    QueryParameter(description="true: only those a newer deployment replaced; false: only others"),
+]
 
 
-def _wake(state: State) -> None:
-    worker = state.get("worker")
-    if worker is not None:
-        worker.notify()
+def _delivery(state: State, kek: KeyEncryptionKey) -> Delivery:
+    return Delivery(kek, state.settings, state.heartbeats)
 
 
 class DeploymentController(Controller):
@@ -40,7 +46,12 @@ class DeploymentController(Controller):
     @post(
         "/",
         summary="Request a deployment (deployer); pending_approval when approvals are required",
-        description="Over the environment's in-flight cap: 429 with Retry-After.",
+        description=(
+            "Targets are the agents online when it starts rolling out (of `agent_ids`, or of "
+            "the whole environment); once `active` it is the environment's current deployment "
+            "and every agent converges to it. Over the environment's in-flight cap: 429 with "
+            "Retry-After, naming the deployments that hold the cap."
+        ),
     )
     async def create_deployment(
         self,
@@ -48,13 +59,19 @@ class DeploymentController(Controller):
         session: DbSession,
         caller: Caller,
         where: Where,
+        jobs: JobQueue,
         data: JSONBody[DeploymentCreate],
     ) -> Deployment:
-        created = await service.create_deployment(session, caller, where, data, state.settings)
-        _wake(state)
-        return created
+        return await service.create_deployment(session, caller, where, data, state.settings, jobs)
 
-    @get("/", summary="List deployments, optionally by status (viewer)")
+    @get(
+        "/",
+        summary="List deployments, optionally by status (viewer)",
+        description=(
+            "`?status=active&superseded=false` lists the deployment that is current (older "
+            "active ones show `superseded_by`)."
+        ),
+    )
     async def list_deployments(
         self,
         session: DbSession,
@@ -62,8 +79,9 @@ class DeploymentController(Controller):
         where: Where,
         page: Paging,
         status: StatusFilter = None,
+        superseded: SupersededFilter = None,
     ) -> Page[Deployment]:
-        return await service.list_deployments(session, caller, where, page, status)
+        return await service.list_deployments(session, caller, where, page, status, superseded)
 
     @get("/{deployment_id:str}", summary="A deployment with per-agent progress and events (viewer)")
     async def get_deployment(
@@ -78,7 +96,11 @@ class DeploymentController(Controller):
     @post(
         "/{deployment_id:str}/rollback",
         status_code=202,
-        summary="Roll back to each agent's previous bundle with new manifests (deployer)",
+        summary="Roll back the current (or an in-flight) deployment with new manifests (deployer)",
+        description=(
+            "Restores the bundle of the deployment this one replaced, which becomes current "
+            "again. Any other deployment is a 409 naming the current one."
+        ),
     )
     async def rollback(
         self,
@@ -96,8 +118,35 @@ class DeploymentController(Controller):
             where,
             deployment_id,
             data.reason if data else None,
-            kek,
-            state.settings,
+            _delivery(state, kek),
+        )
+
+    @post(
+        "/{deployment_id:str}/cancel",
+        status_code=202,
+        summary="Cancel a deployment that has not reached active (deployer)",
+        description=(
+            "Before `deploying` it ends `denied`; while `deploying` it goes `rolling_back`. "
+            "Active, failed, rolling-back and terminal deployments are a 409."
+        ),
+    )
+    async def cancel(
+        self,
+        state: State,
+        session: DbSession,
+        caller: Caller,
+        kek: Kek,
+        where: Where,
+        deployment_id: FromPath[str],
+        data: JSONBody[CancelRequest | None] = None,
+    ) -> DeploymentDetail:
+        return await service.cancel_deployment(
+            session,
+            caller,
+            where,
+            deployment_id,
+            data.reason if data else None,
+            _delivery(state, kek),
         )
 
 
@@ -112,11 +161,10 @@ class ApprovalController(Controller):
         session: DbSession,
         caller: Caller,
         where: Where,
+        jobs: JobQueue,
         data: JSONBody[ApprovalCreate],
     ) -> Approval:
-        decided = await approvals.decide(session, caller, where, data)
-        _wake(state)
-        return decided
+        return await approvals.decide(session, caller, where, data, jobs, state.settings)
 
     @get("/", summary="List approvals (viewer)")
     async def list_approvals(
@@ -152,4 +200,4 @@ class ApprovalController(Controller):
         where: Where,
         approval_id: FromPath[str],
     ) -> Approval:
-        return await approvals.revoke(session, caller, where, approval_id, kek, state.settings)
+        return await approvals.revoke(session, caller, where, approval_id, _delivery(state, kek))

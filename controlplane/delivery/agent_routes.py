@@ -1,0 +1,137 @@
+"""Agent-facing delivery routes under ``/api/v1/agents/{agent_id}``: manifests, reports, bundles."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import File
+from sqlalchemy import select
+
+from controlplane.auth.principal import AgentPrincipal
+from controlplane.db.models import DeploymentTargetRow
+from controlplane.delivery.convergence import Served, latest_sequence, manifest_for
+from controlplane.delivery.rollout import Delivery, apply_report
+from controlplane.deps import Blobs, DbSession, Kek
+from controlplane.errors import NotFound
+from shared.deployments import AgentDeployment, DeploymentReport
+from shared.signing import Envelope
+
+__all__ = ["AgentDeliveryController"]
+
+
+def _agent(request: Request[Any, Any, Any]) -> AgentPrincipal:
+    user = request.scope.get("user")
+    if not isinstance(user, AgentPrincipal):  # pragma: no cover - middleware guarantees it
+        raise TypeError("route has no authenticated agent")
+    return user
+
+
+def _delivery(state: State, kek: Any) -> Delivery:
+    return Delivery(kek, state.settings, state.heartbeats)
+
+
+class AgentDeliveryController(Controller):
+    path = "/api/v1/agents/{agent_id:str}"
+    tags = ["agent runtime"]
+    opt = {"credential": "agent"}
+    security = [{"agent_key": []}]
+
+    @get(
+        "/deployment",
+        opt={"scope": "agent:deployment"},
+        summary="The manifest this agent should apply now (long-poll with ?wait=, ETag)",
+        description=(
+            "Level-triggered: when the agent does not run its environment's desired bundle, a "
+            "fresh signed manifest for it is issued on this call (a host enrolled late, back "
+            "from being offline, or rebuilt). With `If-None-Match` equal to the current ETag the "
+            "request waits up to `wait` seconds (bounded) for a newer manifest, then answers 304."
+        ),
+    )
+    async def deployment(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        session: DbSession,
+        kek: Kek,
+        agent_id: FromPath[str],
+        wait: Annotated[float, QueryParameter(ge=0, le=3600)] = 0,
+        if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
+    ) -> Response[Any]:
+        agent = _agent(request)
+        delivery = _delivery(state, kek)
+        deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
+        # The full convergence decision runs once per request; while waiting, only a change of
+        # the agent's newest manifest (one cheap indexed read) calls for deciding again.
+        served = await manifest_for(session, delivery, agent.agent_id)
+        newest = await latest_sequence(session, agent.agent_id)
+        while True:
+            if served.issued_to:
+                state.agent_signals.notify(served.issued_to)
+            sequence, manifest = served.sequence, served.manifest
+            etag = f'"seq-{sequence}"'
+            await session.rollback()  # never hold a transaction while waiting
+            remaining = deadline - time.monotonic()
+            if if_none_match != etag or remaining <= 0:
+                break
+            await state.agent_signals.wait(agent.agent_id, timeout=min(1.0, remaining))
+            now_newest = await latest_sequence(session, agent.agent_id)
+            if now_newest != newest:
+                newest = now_newest
+                served = await manifest_for(session, delivery, agent.agent_id)
+            else:
+                served = Served(served.sequence, served.manifest)
+        if if_none_match == etag:
+            return Response(content=b"", status_code=304, headers={"ETag": etag})
+        body = AgentDeployment(
+            manifest=msgspec.convert(manifest, Envelope) if manifest else None,
+            sequence=sequence,
+        )
+        return Response(body, headers={"ETag": etag})
+
+    @post(
+        "/deployment",
+        status_code=204,
+        opt={"scope": "agent:deployment"},
+        summary="Report progress of a manifest: activating, active, failed (+reason), rolled_back",
+    )
+    async def report_deployment(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        session: DbSession,
+        kek: Kek,
+        agent_id: FromPath[str],
+        data: JSONBody[DeploymentReport],
+    ) -> None:
+        await apply_report(session, _delivery(state, kek), _agent(request).agent_id, data)
+
+    @get(
+        "/bundles/{digest:str}",
+        opt={"scope": "agent:deployment"},
+        media_type="application/gzip",
+        summary="Download a bundle archive deployed to this agent",
+    )
+    async def bundle(
+        self,
+        request: Request[Any, Any, Any],
+        session: DbSession,
+        blobs: Blobs,
+        agent_id: FromPath[str],
+        digest: FromPath[str],
+    ) -> File:
+        deployed = await session.scalar(
+            select(DeploymentTargetRow.bundle_id)
+            .where(
+                DeploymentTargetRow.agent_id == _agent(request).agent_id,
+                DeploymentTargetRow.bundle_digest == digest,
+            )
+            .limit(1)
+        )
+        if deployed is None or not blobs.exists(digest):
+            raise NotFound(f"No bundle {digest} was deployed to this agent")
+        return File(path=blobs.path_for(digest), media_type="application/gzip")

@@ -1,0 +1,236 @@
+"""Convergence: every agent of an environment ends up running its desired bundle.
+
+Level-triggered: each time an agent asks for its deployment, :func:`manifest_for` compares what
+the agent should run with what it was given and what it reports, and acts:
+
+1. The agent is a target of a deployment that is still moving (``deploying``, ``rolling_back``)
+   or of a ``failed`` one nobody replaced yet: that deployment owns it; serve its manifest.
+   (A failed rollout with a manual rollback policy leaves its hosts as they are until an
+   operator rolls it back or deploys something newer.)
+2. A whole-environment deployment is ``deploying`` and the agent is not among its targets (it
+   enrolled or came back meanwhile): the agent joins it.
+3. Otherwise, against the environment's desired state (its current deployment's bundle):
+   a manifest for that bundle still waiting for the agent is served; one it failed is retried
+   with a fresh manifest after a growing pause (never a hot loop); one it never got (a host
+   enrolled later, rebuilt, or back from being offline) is issued now; one it confirmed but no
+   longer runs (its heartbeats say so well after the confirmation) is issued again.
+
+Issuing happens with the agent's row locked and the decision re-taken under that lock, so two
+control-plane processes never issue two manifests for the same agent and bundle.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from controlplane.agents.service import observed_bundle
+from controlplane.db.models import AgentRow, ConfigBundleRow, DeploymentRow, DeploymentTargetRow
+from controlplane.db.types import utcnow
+from controlplane.delivery.rollout import issue_manifest
+from controlplane.delivery.states import DeploymentStatus, TargetPhase, TargetStatus
+from controlplane.environments.service import desired_state
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from controlplane.delivery.rollout import Delivery
+    from controlplane.environments.service import DesiredState
+    from controlplane.settings import Settings
+
+__all__ = [
+    "Served",
+    "deployment_pending",
+    "latest_sequence",
+    "latest_target",
+    "manifest_for",
+    "retry_delay",
+]
+
+
+class _Plan(enum.Enum):
+    SERVE = "serve"  # the newest manifest is the right one (or harmless to repeat)
+    NOTHING = "nothing"  # nothing to serve: the newest one is stale and must not be activated
+    ISSUE = "issue"  # a fresh manifest for the desired bundle
+    JOIN = "join"  # a fresh manifest of the deployment now deploying
+
+
+async def latest_target(session: AsyncSession, agent_id: str) -> DeploymentTargetRow | None:
+    """The newest manifest issued to this agent."""
+    return await session.scalar(
+        select(DeploymentTargetRow)
+        .where(DeploymentTargetRow.agent_id == agent_id)
+        .order_by(DeploymentTargetRow.sequence.desc())
+        .limit(1)
+    )
+
+
+async def latest_sequence(session: AsyncSession, agent_id: str) -> int:
+    """The sequence of the newest manifest issued to this agent (0 before any)."""
+    sequence = await session.scalar(
+        select(DeploymentTargetRow.sequence)
+        .where(DeploymentTargetRow.agent_id == agent_id)
+        .order_by(DeploymentTargetRow.sequence.desc())
+        .limit(1)
+    )
+    return int(sequence or 0)
+
+
+def retry_delay(settings: Settings, attempts: int) -> timedelta:
+    """The pause before another manifest for a bundle an agent failed ``attempts`` times."""
+    base = settings.convergence_retry_seconds
+    seconds = min(settings.convergence_retry_max_seconds, base * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=seconds)
+
+
+def _holds(owner: DeploymentRow | None, desired: DesiredState | None) -> bool:
+    if owner is None:
+        return False
+    if owner.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.ROLLING_BACK):
+        return True
+    return (
+        owner.status == DeploymentStatus.FAILED
+        and owner.superseded_by is None
+        and (desired is None or desired.deployment_id != owner.id)
+    )
+
+
+async def _joinable(session: AsyncSession, agent: AgentRow) -> DeploymentRow | None:
+    """The newest deployment rolling out to this agent's environment that would include it."""
+    rows = await session.scalars(
+        select(DeploymentRow)
+        .where(
+            DeploymentRow.env_id == agent.env_id,
+            DeploymentRow.status == DeploymentStatus.DEPLOYING,
+        )
+        .order_by(DeploymentRow.created_at.desc(), DeploymentRow.id.desc())
+    )
+    for row in rows:
+        if row.requested_agent_ids is None or agent.id in row.requested_agent_ids:
+            return row
+    return None
+
+
+async def _plan(
+    session: AsyncSession, delivery: Delivery, agent: AgentRow, now: datetime
+) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None]:
+    """What to do for ``agent``: the plan, its newest manifest, and the deployment to issue for."""
+    latest = await latest_target(session, agent.id)
+    owner = await session.get(DeploymentRow, latest.deployment_id) if latest else None
+    desired = await desired_state(session, agent.env_id)
+    if _holds(owner, desired):
+        return _Plan.SERVE, latest, None
+    joinable = await _joinable(session, agent)
+    if joinable is not None:
+        return _Plan.JOIN, latest, joinable
+    stale = _Plan.NOTHING if latest is not None and latest.status == TargetStatus.ISSUED else None
+    if desired is None:
+        return stale or _Plan.SERVE, latest, None
+    target = await session.get(DeploymentRow, desired.deployment_id)
+    if latest is not None and latest.bundle_digest == desired.bundle_digest:
+        status = TargetStatus(latest.status)
+        if status in (TargetStatus.ISSUED, TargetStatus.ACTIVATING):
+            return _Plan.SERVE, latest, None
+        if status in (TargetStatus.UNREACHABLE, TargetStatus.CANCELLED):
+            return _Plan.ISSUE, latest, target
+        due = latest.updated_at + retry_delay(delivery.settings, latest.attempts)
+        if status is TargetStatus.FAILED:
+            return (_Plan.ISSUE if now >= due else _Plan.SERVE), latest, target
+        # Confirmed: re-issue only if heartbeats well after the confirmation say otherwise.
+        observed = observed_bundle(agent, delivery.heartbeats)
+        grace = timedelta(seconds=delivery.settings.agent_heartbeat_interval_seconds)
+        lost = (
+            observed.seen_at is not None
+            and observed.seen_at > latest.updated_at + grace
+            and observed.digest != desired.bundle_digest
+        )
+        return (_Plan.ISSUE if lost and now >= due else _Plan.SERVE), latest, target
+    if observed_bundle(agent, delivery.heartbeats).digest == desired.bundle_digest:
+        return stale or _Plan.SERVE, latest, None
+    return _Plan.ISSUE, latest, target
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What the deployment check answers: the manifest's sequence and envelope (or none)."""
+
+    sequence: int = 0
+    manifest: Any = None
+    #: Agents issued a manifest by this decision (their long polls are woken).
+    issued_to: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, target: DeploymentTargetRow | None, *, issued: bool = False) -> Served:
+        if target is None:
+            return cls()
+        return cls(target.sequence, target.manifest, (target.agent_id,) if issued else ())
+
+
+async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str) -> Served:
+    """The manifest this agent should see now, issuing a fresh one if it must converge.
+
+    Ends the session's transaction (commits when it issued a manifest, else rolls back).
+    """
+    agent = await session.get(AgentRow, agent_id)
+    if agent is None:
+        await session.rollback()
+        return Served()
+    plan, latest, deployment = await _plan(session, delivery, agent, utcnow())
+    if plan is _Plan.SERVE or plan is _Plan.NOTHING or deployment is None:
+        served = Served.of(latest if plan is _Plan.SERVE else None)
+        await session.rollback()
+        return served
+    # Decide again with the agent's row locked: another process may have just issued it.
+    await session.rollback()
+    locked = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
+    if locked is None:
+        await session.rollback()
+        return Served()
+    plan, latest, deployment = await _plan(session, delivery, locked, utcnow())
+    bundle = (
+        await session.get(ConfigBundleRow, deployment.config_bundle_id)
+        if deployment is not None and plan in (_Plan.ISSUE, _Plan.JOIN)
+        else None
+    )
+    if deployment is None or bundle is None or bundle.status != "ready":
+        served = Served.of(latest if plan is _Plan.SERVE else None)
+        await session.rollback()
+        return served
+    if plan is _Plan.JOIN:
+        deployment = await session.scalar(
+            select(DeploymentRow).where(DeploymentRow.id == deployment.id).with_for_update()
+        )
+        if deployment is None or deployment.status != DeploymentStatus.DEPLOYING:
+            await session.rollback()
+            return Served()
+        deployment.agent_ids = sorted({*deployment.agent_ids, agent_id})
+    issued = await issue_manifest(
+        session, delivery, deployment, agent_id, bundle, TargetPhase.DEPLOY
+    )
+    served = Served.of(issued, issued=True)
+    await session.commit()
+    return served
+
+
+async def deployment_pending(
+    session: AsyncSession, agent_id: str, env_id: str, active_digest: str | None
+) -> bool:
+    """For heartbeats: a manifest waits for the agent, or it does not run the desired bundle."""
+    waiting = await session.scalar(
+        select(DeploymentTargetRow.sequence)
+        .where(
+            DeploymentTargetRow.agent_id == agent_id,
+            DeploymentTargetRow.status == TargetStatus.ISSUED,
+        )
+        .limit(1)
+    )
+    if waiting is not None:
+        return True
+    desired = await desired_state(session, env_id)
+    return desired is not None and desired.bundle_digest != active_digest

@@ -1,0 +1,493 @@
+"""Rollouts: build the bundle, issue signed manifests, follow agent reports, roll back.
+
+Everything here is level-triggered and safe to repeat: the rollout job re-reads the deployment
+and acts only on what its status still calls for, and :func:`reconcile` recomputes a deployment's
+status from its targets. A deployment's targets are the agents online when it starts rolling out
+(offline ones converge later, see :mod:`controlplane.delivery.convergence`). When it becomes
+``active`` it becomes the environment's current deployment; rolling back the current deployment
+makes the one it replaced current again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from sqlalchemy import select
+
+from controlplane.agents.service import online_agent_ids
+from controlplane.bundles.service import build_bundle_now, new_bundle_row
+from controlplane.db.models import (
+    AgentRow,
+    ApprovalRow,
+    ConfigBundleRow,
+    DeploymentRow,
+    DeploymentTargetRow,
+    EnvironmentRow,
+    PipelineVersionRow,
+)
+from controlplane.db.types import utcnow
+from controlplane.delivery.lifecycle import move_target, transition
+from controlplane.delivery.states import (
+    UNFINISHED_TARGET,
+    ApprovalStatus,
+    DeploymentStatus,
+    TargetPhase,
+    TargetStatus,
+)
+from controlplane.environments.service import DesiredState, desired_state, set_desired_state
+from controlplane.errors import Conflict, NotFound
+from controlplane.jobs import PermanentJobError
+from controlplane.signing.service import sign_for_org
+from shared.deployments import DeploymentReport, ManifestApproval, ManifestPayload
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from controlplane.agents.heartbeats import HeartbeatBuffer
+    from controlplane.jobs import JobContext
+    from controlplane.settings import Settings
+    from controlplane.signing.kek import KeyEncryptionKey
+
+__all__ = [
+    "ROLLOUT_JOB",
+    "SYSTEM",
+    "Delivery",
+    "apply_report",
+    "become_current",
+    "issue_manifest",
+    "locked_deployment",
+    "reconcile",
+    "run_rollout",
+    "start_rollback",
+]
+
+logger = logging.getLogger("byteor.controlplane.delivery")
+
+ROLLOUT_JOB = "deployment.rollout"
+SYSTEM = "system"
+
+
+class Delivery:
+    """What the delivery functions need besides a session: keys, settings, heartbeats."""
+
+    __slots__ = ("heartbeats", "kek", "settings")
+
+    def __init__(
+        self, kek: KeyEncryptionKey, settings: Settings, heartbeats: HeartbeatBuffer | None
+    ) -> None:
+        self.kek = kek
+        self.settings = settings
+        self.heartbeats = heartbeats
+
+    @classmethod
+    def of(cls, context: JobContext) -> Delivery:
+        return cls(context.kek, context.settings, context.heartbeats)
+
+    def deadline(self, seconds: float) -> datetime:
+        return utcnow() + timedelta(seconds=seconds)
+
+
+async def locked_deployment(session: AsyncSession, deployment_id: str) -> DeploymentRow | None:
+    """The deployment, locked for this transaction (PostgreSQL; SQLite writes are serial)."""
+    return await session.scalar(
+        select(DeploymentRow).where(DeploymentRow.id == deployment_id).with_for_update()
+    )
+
+
+async def _ready_bundle(session: AsyncSession, context: JobContext, deployment_id: str) -> str:
+    """The id of the deployment's bundle, created and built first if needed."""
+    deployment = await session.get(DeploymentRow, deployment_id)
+    if deployment is None:
+        raise PermanentJobError(f"deployment {deployment_id} is gone")
+    bundle = (
+        await session.get(ConfigBundleRow, deployment.config_bundle_id)
+        if deployment.config_bundle_id
+        else None
+    )
+    if bundle is None:
+        env = await session.get(EnvironmentRow, deployment.env_id)
+        version = await session.get(PipelineVersionRow, deployment.pipeline_version_id)
+        if env is None or version is None:
+            raise PermanentJobError("the environment or pipeline version is gone")
+        bundle = await new_bundle_row(session, env, version, deployment.requested_by)
+        deployment.config_bundle_id = bundle.id
+    bundle_id, ready = bundle.id, bundle.status == "ready"
+    # End this transaction first: on SQLite the build's own transaction would wait on it.
+    await session.commit()
+    if not ready:
+        await build_bundle_now(context, bundle_id)
+    session.expire_all()
+    return bundle_id
+
+
+async def issue_manifest(
+    session: AsyncSession,
+    delivery: Delivery,
+    deployment: DeploymentRow,
+    agent_id: str,
+    bundle: ConfigBundleRow,
+    phase: TargetPhase,
+) -> DeploymentTargetRow | None:
+    """Sign a manifest with the agent's next sequence and record it on the target (no commit).
+
+    A target that already exists (a convergence retry) gets the fresh manifest and counts one
+    more attempt. Returns ``None`` when the agent no longer exists.
+    """
+    agent = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
+    if agent is None:
+        return None
+    agent.manifest_sequence += 1
+    now = utcnow()
+    approvals = await session.scalars(
+        select(ApprovalRow)
+        .where(
+            ApprovalRow.deployment_id == deployment.id,
+            ApprovalRow.status == ApprovalStatus.APPROVED,
+        )
+        .order_by(ApprovalRow.id)
+    )
+    payload = ManifestPayload(
+        deployment_id=deployment.id,
+        agent_id=agent_id,
+        org_id=deployment.org_id,
+        environment_id=deployment.env_id,
+        sequence=agent.manifest_sequence,
+        bundle_id=bundle.id,
+        bundle_digest=bundle.digest or "",
+        bundle_size=bundle.size or 0,
+        spec_hash=bundle.spec_hash,
+        issued_at=int(now.timestamp()),
+        expires_at=int(now.timestamp()) + delivery.settings.manifest_ttl_seconds,
+        action="rollback" if phase is TargetPhase.ROLLBACK else "deploy",
+        approvals=[
+            ManifestApproval(
+                approval_id=a.id,
+                approver_id=a.decided_by or "",
+                decided_at=int(a.decided_at.timestamp()) if a.decided_at else 0,
+            )
+            for a in approvals
+        ],
+    )
+    envelope = await sign_for_org(
+        session, delivery.kek, deployment.org_id, msgspec.to_builtins(payload)
+    )
+    target = await session.get(DeploymentTargetRow, (deployment.id, agent_id, phase))
+    if target is None:
+        target = DeploymentTargetRow(
+            deployment_id=deployment.id,
+            agent_id=agent_id,
+            phase=phase,
+            status=TargetStatus.ISSUED,
+            attempts=1,
+        )
+        session.add(target)
+    else:
+        move_target(target, TargetStatus.ISSUED)
+        target.attempts += 1
+    target.bundle_id = bundle.id
+    target.bundle_digest = bundle.digest or ""
+    target.sequence = agent.manifest_sequence
+    target.manifest = msgspec.to_builtins(envelope)
+    target.updated_at = now
+    return target
+
+
+async def become_current(
+    session: AsyncSession, deployment: DeploymentRow, bundle: ConfigBundleRow
+) -> None:
+    """Make ``deployment`` the environment's current one; older ones are superseded by it."""
+    await desired_state(session, deployment.env_id, for_update=True)
+    await set_desired_state(
+        session,
+        deployment.env_id,
+        DesiredState(deployment.id, bundle.id, bundle.digest or ""),
+    )
+    deployment.superseded_by = None
+    await session.flush()
+    older = await session.scalars(
+        select(DeploymentRow).where(
+            DeploymentRow.env_id == deployment.env_id,
+            DeploymentRow.id != deployment.id,
+            DeploymentRow.superseded_by.is_(None),
+            DeploymentRow.status.in_(
+                [DeploymentStatus.ACTIVE, DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK]
+            ),
+        )
+    )
+    for row in older:
+        row.superseded_by = deployment.id
+
+
+async def _targets(
+    session: AsyncSession, deployment: DeploymentRow, phase: TargetPhase | None = None
+) -> list[DeploymentTargetRow]:
+    await session.flush()  # the session does not autoflush; count what was just added
+    statement = select(DeploymentTargetRow).where(
+        DeploymentTargetRow.deployment_id == deployment.id
+    )
+    if phase is not None:
+        statement = statement.where(DeploymentTargetRow.phase == phase)
+    return list(await session.scalars(statement.order_by(DeploymentTargetRow.agent_id)))
+
+
+async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
+    """Job: ``approved -> building -> deploying``, one signed manifest per online target."""
+    deployment_id = str(payload.get("deployment_id", ""))
+    delivery = Delivery.of(context)
+    async with context.database.sessionmaker() as session:
+        deployment = await locked_deployment(session, deployment_id)
+        if deployment is None or deployment.status not in (
+            DeploymentStatus.APPROVED,
+            DeploymentStatus.BUILDING,
+        ):
+            return
+        await transition(
+            session,
+            deployment,
+            DeploymentStatus.BUILDING,
+            actor=SYSTEM,
+            reason="building the bundle",
+            deadline=deployment.deadline_at,  # the build deadline set at approval
+        )
+        await session.commit()
+        try:
+            bundle_id = await _ready_bundle(session, context, deployment_id)
+        except Exception as exc:
+            if isinstance(exc, PermanentJobError) or context.final_attempt:
+                await session.rollback()
+                deployment = await locked_deployment(session, deployment_id)
+                if deployment is not None and deployment.status == DeploymentStatus.BUILDING:
+                    await transition(
+                        session,
+                        deployment,
+                        DeploymentStatus.FAILED,
+                        actor=SYSTEM,
+                        reason=f"bundle build failed: {exc}",
+                    )
+                    await session.commit()
+            raise
+        deployment = await locked_deployment(session, deployment_id)
+        if deployment is None or deployment.status != DeploymentStatus.BUILDING:
+            return  # cancelled, revoked or past its deadline while the bundle was building
+        bundle = await session.get(ConfigBundleRow, bundle_id)
+        if bundle is None or bundle.status != "ready":
+            await transition(
+                session,
+                deployment,
+                DeploymentStatus.FAILED,
+                actor=SYSTEM,
+                reason="bundle build failed",
+            )
+            await session.commit()
+            return
+        targets = await online_agent_ids(
+            session,
+            deployment.env_id,
+            context.settings,
+            context.heartbeats,
+            among=deployment.requested_agent_ids,
+        )
+        current = await desired_state(session, deployment.env_id)
+        deployment.previous_deployment_id = current.deployment_id if current else None
+        issued = []
+        for agent_id in targets:
+            if await issue_manifest(
+                session, delivery, deployment, agent_id, bundle, TargetPhase.DEPLOY
+            ):
+                issued.append(agent_id)
+        deployment.agent_ids = issued
+        deadline = delivery.deadline(context.settings.rollout_timeout_seconds)
+        deployment.rollout_deadline_at = deadline
+        await transition(
+            session,
+            deployment,
+            DeploymentStatus.DEPLOYING,
+            actor=SYSTEM,
+            reason=f"manifests issued to {len(issued)} online agent(s)",
+            deadline=deadline,
+        )
+        await reconcile(session, delivery, deployment)
+        await session.commit()
+        if context.signals is not None:
+            context.signals.notify(issued)
+        logger.info("deployment %s deploying to %d agent(s)", deployment.id, len(issued))
+
+
+async def start_rollback(
+    session: AsyncSession,
+    delivery: Delivery,
+    deployment: DeploymentRow,
+    *,
+    actor: str,
+    reason: str,
+) -> None:
+    """``-> rolling_back``: every target gets a manifest for the bundle to restore (no commit).
+
+    Rolling back the current deployment makes the one it replaced current again (and its bundle
+    the desired one at once); rolling back one still in flight restores the current one. Targets
+    that are not online are recorded ``unreachable`` right away: they converge when they return.
+    Idempotent: a deployment already rolling back gets no second set of manifests.
+    """
+    if deployment.status == DeploymentStatus.ROLLING_BACK:
+        return
+    desired = await desired_state(session, deployment.env_id, for_update=True)
+    was_current = desired is not None and desired.deployment_id == deployment.id
+    if was_current:
+        restore_id = deployment.previous_deployment_id
+    else:
+        restore_id = desired.deployment_id if desired else None
+    restore = await session.get(DeploymentRow, restore_id) if restore_id else None
+    bundle = (
+        await session.get(ConfigBundleRow, restore.config_bundle_id)
+        if restore is not None and restore.config_bundle_id
+        else None
+    )
+    if bundle is not None and bundle.status != "ready":
+        bundle = None
+    await transition(
+        session,
+        deployment,
+        DeploymentStatus.ROLLING_BACK,
+        actor=actor,
+        reason=reason,
+        deadline=delivery.deadline(delivery.settings.rollback_timeout_seconds),
+    )
+    if was_current:
+        await set_desired_state(
+            session,
+            deployment.env_id,
+            DesiredState(restore.id, bundle.id, bundle.digest or "")
+            if restore is not None and bundle is not None
+            else None,
+        )
+        if restore is not None and bundle is not None:
+            restore.superseded_by = None
+    deploy_targets = await _targets(session, deployment, TargetPhase.DEPLOY)
+    for target in deploy_targets:
+        if target.status == TargetStatus.ISSUED:
+            move_target(target, TargetStatus.CANCELLED, "superseded by the rollback")
+    if restore is None or bundle is None:
+        await transition(
+            session,
+            deployment,
+            DeploymentStatus.ROLLED_BACK,
+            actor=SYSTEM,
+            reason="no earlier deployment to restore; agents keep what they run",
+        )
+        return
+    online = set(
+        await online_agent_ids(
+            session,
+            deployment.env_id,
+            delivery.settings,
+            delivery.heartbeats,
+            among=[t.agent_id for t in deploy_targets],
+        )
+    )
+    for target in deploy_targets:
+        issued = await issue_manifest(
+            session, delivery, deployment, target.agent_id, bundle, TargetPhase.ROLLBACK
+        )
+        if issued is not None and target.agent_id not in online:
+            move_target(issued, TargetStatus.UNREACHABLE, "not online when the rollback started")
+    await reconcile(session, delivery, deployment)
+
+
+async def fail(
+    session: AsyncSession, delivery: Delivery, deployment: DeploymentRow, reason: str
+) -> None:
+    """``deploying -> failed``, then ``rolling_back`` if the environment rolls back on its own."""
+    await transition(session, deployment, DeploymentStatus.FAILED, actor=SYSTEM, reason=reason)
+    env = await session.get(EnvironmentRow, deployment.env_id)
+    if env is not None and env.rollback_policy == "automatic":
+        await start_rollback(
+            session, delivery, deployment, actor=SYSTEM, reason="automatic rollback: " + reason
+        )
+
+
+def _outcomes(targets: list[DeploymentTargetRow]) -> str:
+    counts: dict[str, int] = {}
+    for target in targets:
+        counts[target.status] = counts.get(target.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+async def reconcile(session: AsyncSession, delivery: Delivery, deployment: DeploymentRow) -> None:
+    """Recompute an in-flight deployment's status from its targets (no commit)."""
+    if deployment.status == DeploymentStatus.DEPLOYING:
+        deploy = await _targets(session, deployment, TargetPhase.DEPLOY)
+        failed = [t for t in deploy if t.status == TargetStatus.FAILED]
+        if failed:
+            first = failed[0]
+            await fail(
+                session, delivery, deployment, f"agent {first.agent_id}: {first.reason or 'failed'}"
+            )
+        elif all(t.status == TargetStatus.ACTIVE for t in deploy):
+            bundle = await session.get(ConfigBundleRow, deployment.config_bundle_id)
+            await transition(
+                session,
+                deployment,
+                DeploymentStatus.ACTIVE,
+                actor=SYSTEM,
+                reason=(
+                    f"every target is active ({len(deploy)})"
+                    if deploy
+                    else "no agent was online; agents converge when they check in"
+                ),
+            )
+            if bundle is not None:
+                await become_current(session, deployment, bundle)
+    elif deployment.status == DeploymentStatus.ROLLING_BACK:
+        rollback = await _targets(session, deployment, TargetPhase.ROLLBACK)
+        if all(t.status not in UNFINISHED_TARGET for t in rollback):
+            await transition(
+                session,
+                deployment,
+                DeploymentStatus.ROLLED_BACK,
+                actor=SYSTEM,
+                reason=f"previous bundle restored: {_outcomes(rollback) or 'no targets'}",
+            )
+
+
+def _reported(target: DeploymentTargetRow, report: DeploymentReport) -> TargetStatus:
+    if report.status == "activating":
+        return TargetStatus.ACTIVATING
+    if target.phase == TargetPhase.DEPLOY and report.status in ("active", "failed"):
+        return TargetStatus(report.status)
+    if target.phase == TargetPhase.ROLLBACK and report.status in ("rolled_back", "active"):
+        return TargetStatus.CONFIRMED
+    if target.phase == TargetPhase.ROLLBACK and report.status == "failed":
+        return TargetStatus.FAILED
+    raise Conflict(f"A {target.phase} manifest cannot be reported {report.status}")
+
+
+async def apply_report(
+    session: AsyncSession, delivery: Delivery, agent_id: str, report: DeploymentReport
+) -> None:
+    """Record an agent's progress on one manifest and reconcile the deployment (commits)."""
+    deployment = await locked_deployment(session, report.deployment_id)
+    target = await session.scalar(
+        select(DeploymentTargetRow).where(
+            DeploymentTargetRow.deployment_id == report.deployment_id,
+            DeploymentTargetRow.agent_id == agent_id,
+            DeploymentTargetRow.sequence == report.sequence,
+        )
+    )
+    if deployment is None or target is None:
+        raise NotFound(
+            f"No manifest {report.sequence} of deployment {report.deployment_id} for this agent"
+        )
+    reported = _reported(target, report)
+    current = TargetStatus(target.status)
+    if current is reported:
+        return
+    if current not in UNFINISHED_TARGET and current is not TargetStatus.UNREACHABLE:
+        raise Conflict(f"Manifest {report.sequence} was already reported {current.value}")
+    if reported is TargetStatus.ACTIVATING and current is TargetStatus.ACTIVATING:
+        return
+    move_target(target, reported, report.reason)
+    await reconcile(session, delivery, deployment)
+    await session.commit()
