@@ -111,14 +111,14 @@ class Settings(BaseSettings):
             "that never confirmed as `unreachable` (they converge when they return)"
         ),
     )
-    convergence_retry_seconds: Annotated[float, Field(ge=0)] = Field(
+    convergence_retry_seconds: Annotated[float, Field(ge=1)] = Field(
         default=30.0,
         description=(
             "after an agent fails to activate the desired bundle, wait this long before a fresh "
             "manifest (doubling per failure up to convergence_retry_max_seconds)"
         ),
     )
-    convergence_retry_max_seconds: Annotated[float, Field(ge=0)] = Field(
+    convergence_retry_max_seconds: Annotated[float, Field(ge=1)] = Field(
         default=3600.0, description="the longest wait between two convergence retries"
     )
     manifest_ttl_seconds: Annotated[int, Field(ge=60)] = Field(

@@ -61,6 +61,9 @@ class HeartbeatBuffer:
         self.database = database
         self.flush_seconds = flush_seconds
         self._pending: dict[str, PendingHeartbeat] = {}
+        #: The batch being written: still visible to readers until its transaction commits, so
+        #: an agent never looks offline for the length of a flush.
+        self._flushing: dict[str, PendingHeartbeat] = {}
         self._stopping = asyncio.Event()
         self.received = 0
         self.flushes = 0
@@ -73,13 +76,15 @@ class HeartbeatBuffer:
             self._pending[agent_id] = PendingHeartbeat(received_at, heartbeat)
 
     def pending(self, agent_id: str) -> PendingHeartbeat | None:
-        return self._pending.get(agent_id)
+        """The newest heartbeat of ``agent_id`` not yet committed to the database, if any."""
+        return self._pending.get(agent_id) or self._flushing.get(agent_id)
 
     async def flush(self) -> int:
         """Write every waiting heartbeat in one transaction; returns how many agents."""
         if not self._pending:
             return 0
         batch, self._pending = self._pending, {}
+        self._flushing = batch
         try:
             async with self.database.sessionmaker() as session:
                 for agent_id, entry in batch.items():
@@ -102,6 +107,8 @@ class HeartbeatBuffer:
             for agent_id, entry in batch.items():
                 self._pending.setdefault(agent_id, entry)
             raise
+        finally:
+            self._flushing = {}
         self.flushes += 1
         return len(batch)
 

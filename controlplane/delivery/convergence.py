@@ -55,8 +55,7 @@ __all__ = [
 
 
 class _Plan(enum.Enum):
-    SERVE = "serve"  # the newest manifest is the right one (or harmless to repeat)
-    NOTHING = "nothing"  # nothing to serve: the newest one is stale and must not be activated
+    SERVE = "serve"  # answer with the manifest still waiting for the agent, if there is one
     ISSUE = "issue"  # a fresh manifest for the desired bundle
     JOIN = "join"  # a fresh manifest of the deployment now deploying
 
@@ -89,16 +88,40 @@ def retry_delay(settings: Settings, attempts: int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _holds(owner: DeploymentRow | None, desired: DesiredState | None) -> bool:
-    if owner is None:
+def _holds(
+    owner: DeploymentRow | None, latest: DeploymentTargetRow | None, desired: DesiredState | None
+) -> bool:
+    """Whether the deployment of the agent's newest manifest still owns the agent."""
+    if owner is None or latest is None:
         return False
     if owner.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.ROLLING_BACK):
         return True
+    # A failed rollout nobody replaced keeps the hosts that activated it as they are.
     return (
         owner.status == DeploymentStatus.FAILED
         and owner.superseded_by is None
+        and latest.status == TargetStatus.ACTIVE
         and (desired is None or desired.deployment_id != owner.id)
     )
+
+
+def _waiting(
+    latest: DeploymentTargetRow | None,
+    owner: DeploymentRow | None,
+    held: bool,
+    desired_digest: str | None,
+) -> DeploymentTargetRow | None:
+    """The newest manifest if the agent should still apply it, else ``None``.
+
+    Only a manifest that waits for the agent is served, and only while its deployment owns the
+    agent or it carries the desired bundle: a cancelled, failed or superseded one never is.
+    """
+    if latest is None or not (held or latest.bundle_digest == desired_digest):
+        return None
+    if latest.status in (TargetStatus.ISSUED, TargetStatus.ACTIVATING):
+        return latest
+    rolling_back = owner is not None and owner.status == DeploymentStatus.ROLLING_BACK
+    return latest if latest.status == TargetStatus.UNREACHABLE and rolling_back else None
 
 
 async def _joinable(session: AsyncSession, agent: AgentRow) -> DeploymentRow | None:
@@ -120,28 +143,29 @@ async def _joinable(session: AsyncSession, agent: AgentRow) -> DeploymentRow | N
 async def _plan(
     session: AsyncSession, delivery: Delivery, agent: AgentRow, now: datetime
 ) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None]:
-    """What to do for ``agent``: the plan, its newest manifest, and the deployment to issue for."""
+    """What to do for ``agent``: the plan, the manifest to serve, the deployment to issue for."""
     latest = await latest_target(session, agent.id)
     owner = await session.get(DeploymentRow, latest.deployment_id) if latest else None
     desired = await desired_state(session, agent.env_id)
-    if _holds(owner, desired):
-        return _Plan.SERVE, latest, None
+    digest = desired.bundle_digest if desired else None
+    if _holds(owner, latest, desired):
+        return _Plan.SERVE, _waiting(latest, owner, True, digest), None
     joinable = await _joinable(session, agent)
     if joinable is not None:
-        return _Plan.JOIN, latest, joinable
-    stale = _Plan.NOTHING if latest is not None and latest.status == TargetStatus.ISSUED else None
+        return _Plan.JOIN, None, joinable
+    serve = _Plan.SERVE, _waiting(latest, owner, False, digest), None
     if desired is None:
-        return stale or _Plan.SERVE, latest, None
+        return serve
     target = await session.get(DeploymentRow, desired.deployment_id)
     if latest is not None and latest.bundle_digest == desired.bundle_digest:
         status = TargetStatus(latest.status)
         if status in (TargetStatus.ISSUED, TargetStatus.ACTIVATING):
-            return _Plan.SERVE, latest, None
+            return serve
         if status in (TargetStatus.UNREACHABLE, TargetStatus.CANCELLED):
-            return _Plan.ISSUE, latest, target
+            return _Plan.ISSUE, None, target
         due = latest.updated_at + retry_delay(delivery.settings, latest.attempts)
         if status is TargetStatus.FAILED:
-            return (_Plan.ISSUE if now >= due else _Plan.SERVE), latest, target
+            return (_Plan.ISSUE, None, target) if now >= due else serve
         # Confirmed: re-issue only if heartbeats well after the confirmation say otherwise.
         observed = observed_bundle(agent, delivery.heartbeats)
         grace = timedelta(seconds=delivery.settings.agent_heartbeat_interval_seconds)
@@ -150,10 +174,10 @@ async def _plan(
             and observed.seen_at > latest.updated_at + grace
             and observed.digest != desired.bundle_digest
         )
-        return (_Plan.ISSUE if lost and now >= due else _Plan.SERVE), latest, target
+        return (_Plan.ISSUE, None, target) if lost and now >= due else serve
     if observed_bundle(agent, delivery.heartbeats).digest == desired.bundle_digest:
-        return stale or _Plan.SERVE, latest, None
-    return _Plan.ISSUE, latest, target
+        return serve
+    return _Plan.ISSUE, None, target
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,40 +199,40 @@ class Served:
 async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str) -> Served:
     """The manifest this agent should see now, issuing a fresh one if it must converge.
 
-    Ends the session's transaction (commits when it issued a manifest, else rolls back).
+    Ends the session's transaction (commits when it issued a manifest, else rolls back). Locks
+    are taken in the order every delivery path uses: deployment, then agent.
     """
     agent = await session.get(AgentRow, agent_id)
     if agent is None:
         await session.rollback()
         return Served()
-    plan, latest, deployment = await _plan(session, delivery, agent, utcnow())
-    if plan is _Plan.SERVE or plan is _Plan.NOTHING or deployment is None:
-        served = Served.of(latest if plan is _Plan.SERVE else None)
+    plan, serve, deployment = await _plan(session, delivery, agent, utcnow())
+    if plan is _Plan.SERVE or deployment is None:
+        served = Served.of(serve)
         await session.rollback()
         return served
-    # Decide again with the agent's row locked: another process may have just issued it.
-    await session.rollback()
+    # Decide again under locks: another process may have just issued this agent a manifest.
+    joining = deployment.id
+    await session.rollback()  # expires every loaded row: only plain values survive it
+    if plan is _Plan.JOIN:
+        await session.execute(
+            select(DeploymentRow.id).where(DeploymentRow.id == joining).with_for_update()
+        )
     locked = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
     if locked is None:
         await session.rollback()
         return Served()
-    plan, latest, deployment = await _plan(session, delivery, locked, utcnow())
+    again, serve, deployment = await _plan(session, delivery, locked, utcnow())
     bundle = (
         await session.get(ConfigBundleRow, deployment.config_bundle_id)
-        if deployment is not None and plan in (_Plan.ISSUE, _Plan.JOIN)
+        if deployment is not None and again is plan
         else None
     )
     if deployment is None or bundle is None or bundle.status != "ready":
-        served = Served.of(latest if plan is _Plan.SERVE else None)
+        served = Served.of(serve)
         await session.rollback()
         return served
     if plan is _Plan.JOIN:
-        deployment = await session.scalar(
-            select(DeploymentRow).where(DeploymentRow.id == deployment.id).with_for_update()
-        )
-        if deployment is None or deployment.status != DeploymentStatus.DEPLOYING:
-            await session.rollback()
-            return Served()
         deployment.agent_ids = sorted({*deployment.agent_ids, agent_id})
     issued = await issue_manifest(
         session, delivery, deployment, agent_id, bundle, TargetPhase.DEPLOY
@@ -222,15 +246,8 @@ async def deployment_pending(
     session: AsyncSession, agent_id: str, env_id: str, active_digest: str | None
 ) -> bool:
     """For heartbeats: a manifest waits for the agent, or it does not run the desired bundle."""
-    waiting = await session.scalar(
-        select(DeploymentTargetRow.sequence)
-        .where(
-            DeploymentTargetRow.agent_id == agent_id,
-            DeploymentTargetRow.status == TargetStatus.ISSUED,
-        )
-        .limit(1)
-    )
-    if waiting is not None:
+    latest = await latest_target(session, agent_id)
+    if latest is not None and latest.status == TargetStatus.ISSUED:
         return True
     desired = await desired_state(session, env_id)
     return desired is not None and desired.bundle_digest != active_digest

@@ -15,15 +15,17 @@ processes) it schedules itself again for that time.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from controlplane.db.models import ApprovalRow, DeploymentRow, DeploymentTargetRow
 from controlplane.db.types import utcnow
 from controlplane.delivery.lifecycle import DEADLINE_JOB, move_approval, move_target, transition
 from controlplane.delivery.rollout import SYSTEM, Delivery, fail, locked_deployment, reconcile
 from controlplane.delivery.states import (
+    PROGRESSING,
     UNFINISHED_TARGET,
     ApprovalStatus,
     DeploymentStatus,
@@ -121,6 +123,27 @@ async def _act(session: AsyncSession, delivery: Delivery, deployment: Deployment
         await reconcile(session, delivery, deployment)
 
 
+async def _legacy_deadline(
+    session: AsyncSession, deployment: DeploymentRow, context: JobContext
+) -> datetime:
+    if deployment.status == DeploymentStatus.PENDING_APPROVAL:
+        expires = await session.scalar(
+            select(func.min(ApprovalRow.expires_at)).where(
+                ApprovalRow.deployment_id == deployment.id
+            )
+        )
+        if expires is not None:
+            return expires
+    if deployment.status == DeploymentStatus.DEPLOYING and deployment.rollout_deadline_at:
+        return deployment.rollout_deadline_at
+    timeout = (
+        context.settings.rollback_timeout_seconds
+        if deployment.status == DeploymentStatus.ROLLING_BACK
+        else context.settings.build_timeout_seconds
+    )
+    return deployment.updated_at + timedelta(seconds=timeout)
+
+
 async def enforce_deadline(context: JobContext, payload: dict[str, Any]) -> None:
     """Job (run at the deadline): end the status the deployment still waits in."""
     deployment_id = str(payload.get("deployment_id", ""))
@@ -129,9 +152,12 @@ async def enforce_deadline(context: JobContext, payload: dict[str, Any]) -> None
         if deployment is None:
             return
         expected = payload.get("status", deployment.status)
-        if deployment.status != expected or deployment.deadline_at is None:
+        if deployment.status != expected or deployment.status not in PROGRESSING:
             return  # it moved on: that status's deadline no longer applies
         now = utcnow()
+        if deployment.deadline_at is None:
+            # A deployment from before deadlines existed: the deadline it was created with.
+            deployment.deadline_at = await _legacy_deadline(session, deployment, context)
         if deployment.deadline_at > now:
             await enqueue(
                 session,
@@ -177,11 +203,14 @@ async def reconcile_environment(context: JobContext, payload: dict[str, Any]) ->
                 )
             )
         )
+        await session.rollback()
+        # One transaction per deployment: never hold one deployment's lock while taking another's.
         for deployment_id in sorted(ids):
             deployment = await locked_deployment(session, deployment_id)
             if deployment is None:
+                await session.rollback()
                 continue
             if agent_id in deployment.agent_ids:
                 deployment.agent_ids = [a for a in deployment.agent_ids if a != agent_id]
             await reconcile(session, delivery, deployment)
-        await session.commit()
+            await session.commit()

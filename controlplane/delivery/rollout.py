@@ -57,6 +57,7 @@ __all__ = [
     "Delivery",
     "apply_report",
     "become_current",
+    "fail",
     "issue_manifest",
     "locked_deployment",
     "reconcile",
@@ -195,11 +196,29 @@ async def issue_manifest(
     return target
 
 
+async def _current(session: AsyncSession, env_id: str) -> DeploymentRow | None:
+    desired = await desired_state(session, env_id, for_update=True)
+    return await session.get(DeploymentRow, desired.deployment_id) if desired else None
+
+
+def _newer(a: DeploymentRow, b: DeploymentRow) -> bool:
+    return (a.created_at, a.id) > (b.created_at, b.id)
+
+
 async def become_current(
     session: AsyncSession, deployment: DeploymentRow, bundle: ConfigBundleRow
 ) -> None:
-    """Make ``deployment`` the environment's current one; older ones are superseded by it."""
-    await desired_state(session, deployment.env_id, for_update=True)
+    """Make ``deployment`` the environment's current one; older ones are superseded by it.
+
+    A deployment that reaches ``active`` after a newer one already did is superseded at once:
+    the newest release wins, whatever order rollouts finish in.
+    """
+    current = await _current(session, deployment.env_id)
+    if current is not None and current.id != deployment.id and _newer(current, deployment):
+        deployment.superseded_by = current.id
+        return
+    if current is not None and current.id != deployment.id:
+        deployment.previous_deployment_id = current.id
     await set_desired_state(
         session,
         deployment.env_id,
@@ -212,6 +231,7 @@ async def become_current(
             DeploymentRow.env_id == deployment.env_id,
             DeploymentRow.id != deployment.id,
             DeploymentRow.superseded_by.is_(None),
+            DeploymentRow.created_at <= deployment.created_at,
             DeploymentRow.status.in_(
                 [DeploymentStatus.ACTIVE, DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK]
             ),
@@ -250,7 +270,9 @@ async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
             DeploymentStatus.BUILDING,
             actor=SYSTEM,
             reason="building the bundle",
-            deadline=deployment.deadline_at,  # the build deadline set at approval
+            # The build deadline set at approval (rows from before deadlines existed get one now).
+            deadline=deployment.deadline_at
+            or delivery.deadline(context.settings.build_timeout_seconds),
         )
         await session.commit()
         try:
@@ -290,7 +312,8 @@ async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
             context.heartbeats,
             among=deployment.requested_agent_ids,
         )
-        current = await desired_state(session, deployment.env_id)
+        # Lock order on every path: deployment, environment, agents.
+        current = await desired_state(session, deployment.env_id, for_update=True)
         deployment.previous_deployment_id = current.deployment_id if current else None
         issued = []
         for agent_id in targets:
@@ -399,13 +422,24 @@ async def start_rollback(
 async def fail(
     session: AsyncSession, delivery: Delivery, deployment: DeploymentRow, reason: str
 ) -> None:
-    """``deploying -> failed``, then ``rolling_back`` if the environment rolls back on its own."""
+    """``deploying -> failed``, then ``rolling_back`` if the environment rolls back on its own.
+
+    Otherwise the hosts that activated it stay as they are until an operator acts; manifests
+    no agent picked up yet are withdrawn, so no further host installs a failed release.
+    """
     await transition(session, deployment, DeploymentStatus.FAILED, actor=SYSTEM, reason=reason)
     env = await session.get(EnvironmentRow, deployment.env_id)
     if env is not None and env.rollback_policy == "automatic":
         await start_rollback(
             session, delivery, deployment, actor=SYSTEM, reason="automatic rollback: " + reason
         )
+        return
+    for target in await _targets(session, deployment, TargetPhase.DEPLOY):
+        if target.status == TargetStatus.ISSUED:
+            move_target(target, TargetStatus.CANCELLED, "the deployment failed")
+    current = await _current(session, deployment.env_id)
+    if current is not None and current.id != deployment.id and _newer(current, deployment):
+        deployment.superseded_by = current.id
 
 
 def _outcomes(targets: list[DeploymentTargetRow]) -> str:
@@ -470,11 +504,13 @@ async def apply_report(
     """Record an agent's progress on one manifest and reconcile the deployment (commits)."""
     deployment = await locked_deployment(session, report.deployment_id)
     target = await session.scalar(
-        select(DeploymentTargetRow).where(
+        select(DeploymentTargetRow)
+        .where(
             DeploymentTargetRow.deployment_id == report.deployment_id,
             DeploymentTargetRow.agent_id == agent_id,
             DeploymentTargetRow.sequence == report.sequence,
         )
+        .with_for_update()
     )
     if deployment is None or target is None:
         raise NotFound(

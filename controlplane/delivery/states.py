@@ -19,7 +19,7 @@ Rollout target (one agent's part in one phase of a deployment)::
     issued -> activating -> active | failed              (deploy phase)
     issued -> activating -> confirmed | failed           (rollback phase)
     issued | activating -> unreachable | cancelled       (deadline passed, or the phase ended)
-    active | failed | unreachable | cancelled -> issued  (a fresh manifest: convergence)
+    activating | active | failed | unreachable | cancelled -> issued   (a fresh manifest)
     unreachable -> activating | active | confirmed | failed   (a late report still counts)
 """
 
@@ -111,7 +111,9 @@ TARGET_TRANSITIONS: dict[TargetStatus, frozenset[TargetStatus]] = {
     _T.ISSUED: frozenset(
         {_T.ACTIVATING, _T.ACTIVE, _T.FAILED, _T.CONFIRMED, _T.UNREACHABLE, _T.CANCELLED}
     ),
-    _T.ACTIVATING: frozenset({_T.ACTIVE, _T.FAILED, _T.CONFIRMED, _T.UNREACHABLE, _T.CANCELLED}),
+    _T.ACTIVATING: frozenset(
+        {_T.ISSUED, _T.ACTIVE, _T.FAILED, _T.CONFIRMED, _T.UNREACHABLE, _T.CANCELLED}
+    ),
     _T.ACTIVE: frozenset({_T.ISSUED}),
     _T.FAILED: frozenset({_T.ISSUED}),
     _T.UNREACHABLE: frozenset({_T.ISSUED, _T.ACTIVATING, _T.ACTIVE, _T.CONFIRMED, _T.FAILED}),

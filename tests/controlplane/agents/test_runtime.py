@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from controlplane.db.models import AgentRow
+from controlplane.db.types import utcnow
 from shared.agents import Heartbeat, Resources
 from shared.roles import Role
 from shared.signing import Envelope, decode_keyset
@@ -255,3 +256,33 @@ async def test_heartbeat_reports_the_spool(stack: Stack, tree: Tree) -> None:
     await stack.app.state.heartbeats.flush()
     record = await stack.ok("GET", f"{tree.env_path}/agents/{agent['agent_id']}", tree.owner)
     assert record["spool"] == {"files": 4, "bytes": 4096, "dropped": {"telemetry": 2}}
+
+
+async def test_an_agent_stays_online_while_its_heartbeat_is_being_written(stack: Stack) -> None:
+    """The flush swaps the buffer out before it commits: readers must still see the beat."""
+    from contextlib import asynccontextmanager
+
+    from controlplane.agents.heartbeats import HeartbeatBuffer
+    from controlplane.db import Database
+
+    tree = await stack.tree()
+    agent = await enrolled_agent(stack, tree)
+    seen_during_flush: list[bool] = []
+    buffer: HeartbeatBuffer
+
+    @asynccontextmanager
+    async def observed_session() -> Any:
+        seen_during_flush.append(buffer.pending(agent["agent_id"]) is not None)
+        async with stack.database.sessionmaker() as session:
+            yield session
+
+    database = Database(engine=stack.database.engine, sessionmaker=observed_session)  # type: ignore[arg-type]
+    buffer = HeartbeatBuffer(database, flush_seconds=60)
+    buffer.record(agent["agent_id"], utcnow(), msgspec.convert(heartbeat(7), Heartbeat))
+    assert await buffer.flush() == 1
+    assert seen_during_flush == [True]
+    assert buffer.pending(agent["agent_id"]) is None  # written: the database has it now
+    async with stack.database.sessionmaker() as session:
+        row = await session.get(AgentRow, agent["agent_id"])
+        assert row is not None
+        assert row.last_sequence == 7

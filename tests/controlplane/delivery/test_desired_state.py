@@ -87,9 +87,9 @@ async def test_an_agent_that_failed_is_retried_with_backoff_never_in_a_loop(stac
     assert (
         await world.report(late, first, "failed", "activation_failed: exit 1")
     ).status_code == 204
-    # Within the pause, asking again gives the same (failed) manifest, never a fresh one.
+    # Within the pause, asking again gives nothing to apply, never a fresh manifest.
     for _ in range(5):
-        assert (await _deployment_get(world, late))["sequence"] == first.sequence
+        assert await _deployment_get(world, late) == {"manifest": None, "sequence": 0}
     await _age_targets(stack, late["agent_id"], stack.settings.convergence_retry_seconds + 1)
     second = await world.manifest(late)
     assert second.sequence == first.sequence + 1
@@ -101,7 +101,7 @@ async def test_an_agent_that_failed_is_retried_with_backoff_never_in_a_loop(stac
     # The second failure waits twice as long: one base pause is not enough any more.
     await world.report(late, second, "failed", "activation_failed: exit 1")
     await _age_targets(stack, late["agent_id"], stack.settings.convergence_retry_seconds + 1)
-    assert (await _deployment_get(world, late))["sequence"] == second.sequence
+    assert (await _deployment_get(world, late))["manifest"] is None
     await _age_targets(stack, late["agent_id"], 2 * stack.settings.convergence_retry_seconds + 1)
     assert (await world.manifest(late)).sequence == second.sequence + 1
     # The fleet's deployment stays active: one host failing to converge does not fail it.
@@ -117,7 +117,7 @@ async def test_a_rebuilt_host_converges(stack: Stack) -> None:
 
     # Same credentials, empty state directory: it says it runs nothing, well after confirming.
     await world.heartbeat(old, None)
-    assert (await _deployment_get(world, old))["sequence"] == 1  # within the grace: no reissue
+    assert (await _deployment_get(world, old))["manifest"] is None  # within the grace: no reissue
     await _age_targets(stack, old["agent_id"], 3600)
     reissued = await world.manifest(old)
     assert (reissued.sequence, reissued.bundle_digest) == (2, digest)
@@ -268,3 +268,70 @@ async def test_two_processes_never_issue_two_manifests_for_one_agent(stack: Stac
                 )
             )
             assert [(t.deployment_id, t.attempts) for t in targets] == [(v1["id"], 1)]
+
+
+async def test_a_cancelled_first_deployment_is_never_served(stack: Stack) -> None:
+    world = await make_world(stack, agents=1)
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    cancelled = await stack.call(
+        "POST", f"{world.tree.env_path}/deployments/{created['id']}/cancel", world.tree.owner
+    )
+    assert cancelled.status_code == 202
+    assert cancelled.json()["status"] == "rolled_back"  # nothing earlier to restore
+    agent = world.agents[0]
+    assert (await _deployment_get(world, agent))["manifest"] is None
+    assert (await world.heartbeat(agent))["deployment_pending"] is False
+
+
+async def test_a_failed_rollout_withdraws_manifests_no_host_took(stack: Stack) -> None:
+    world = await make_world(stack, agents=2, rollback_policy="manual")
+    base = (await world.deploy()).json()
+    await world.activate_all(base["id"])
+    broken = (await world.deploy()).json()
+    await world.wait_status(broken["id"], "deploying")
+    took, idle = world.agents
+    await world.report(took, await world.manifest(took), "active")
+    # A third agent reports failure on the broken release: it fails, manual policy.
+    third = await world.add_agent("third")
+    joined = await world.manifest(third)
+    assert joined.deployment_id == broken["id"]
+    await world.report(third, joined, "failed", "health_check_failed: 1")
+    failed = await world.wait_status(broken["id"], "failed")
+    statuses = {t["agent_id"]: t["status"] for t in failed["targets"]}
+    assert statuses == {
+        took["agent_id"]: "active",
+        idle["agent_id"]: "cancelled",
+        third["agent_id"]: "failed",
+    }
+    # The idle host never gets the failed release: it is not served any more.
+    body = await _deployment_get(world, idle)
+    assert body["manifest"] is None or body["manifest"]["payload"]["deployment_id"] != broken["id"]
+    # A newer release becomes current and supersedes the failed one; every host converges.
+    fixed = (await world.deploy()).json()
+    await world.activate_all(fixed["id"])
+    assert (await world.detail(broken["id"]))["superseded_by"] == fixed["id"]
+    assert all(a["in_sync"] for a in (await _agents(world)).values())
+
+
+async def test_the_newest_release_wins_when_rollouts_overlap(stack: Stack) -> None:
+    world = await make_world(stack, agents=1, max_inflight_deployments=2)
+    agent = world.agents[0]
+    base = (await world.deploy()).json()
+    await world.activate_all(base["id"])
+    older = (await world.deploy()).json()
+    await world.wait_status(older["id"], "deploying")
+    older_manifest = await world.manifest(agent)
+    newer = (await world.deploy()).json()
+    await world.wait_status(newer["id"], "deploying")
+    newer_manifest = await world.manifest(agent)
+    assert newer_manifest.deployment_id == newer["id"]
+    await world.report(agent, newer_manifest, "active")
+    await world.wait_status(newer["id"], "active")
+    # The older rollout finishes afterwards: it does not take over from the newer release.
+    await world.report(agent, older_manifest, "active")
+    await world.wait_status(older["id"], "active")
+    env = await stack.ok("GET", world.tree.env_path, world.tree.owner)
+    assert env["current_deployment_id"] == newer["id"]
+    assert (await world.detail(older["id"]))["superseded_by"] == newer["id"]
+    assert (await world.detail(newer["id"]))["previous_deployment_id"] == base["id"]

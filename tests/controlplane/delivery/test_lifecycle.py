@@ -185,7 +185,9 @@ async def test_failure_rolls_back_automatically_to_the_previous_bundle(stack: St
     world = await make_world(stack, rollback_policy="automatic")
     first = (await world.deploy()).json()
     await world.activate_all(first["id"])
-    previous = (await world.manifest(world.agents[0])).bundle_digest
+    previous = (await stack.ok("GET", world.tree.env_path, world.tree.owner))[
+        "desired_bundle_digest"
+    ]
 
     await stack.ok(
         "PUT", world.tree.env_path, world.tree.owner, json={"runtime_config": {"changed": True}}

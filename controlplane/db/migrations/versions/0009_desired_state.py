@@ -8,12 +8,14 @@ Create Date: 2026-12-01 21:10:00.000000
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 from controlplane.db.types import UTCDateTime
+from shared.ids import new_id
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -56,6 +58,87 @@ def upgrade() -> None:
               ORDER BY d.updated_at DESC, d.id DESC LIMIT 1)
         """
     )
+    _backfill()
+
+
+_PROGRESSING = ("pending_approval", "approved", "building", "deploying", "rolling_back")
+#: The default build, rollout and rollback timeouts, for deployments that predate deadlines.
+_DEFAULT_TIMEOUT = timedelta(seconds=900)
+
+
+def _backfill() -> None:
+    """Give deployments from before this revision what the new lifecycle relies on.
+
+    - every status that waits gets a deadline and a deadline job (else it could wait forever);
+    - in-flight deployments keep exactly the targets they had (no agent joins them);
+    - active deployments are chained per environment: each supersedes the one before it.
+    """
+    bind = op.get_bind()
+    meta = sa.MetaData()
+    deployments = sa.Table("deployments", meta, autoload_with=bind)
+    approvals = sa.Table("approvals", meta, autoload_with=bind)
+    jobs = sa.Table("jobs", meta, autoload_with=bind)
+    now = datetime.now(UTC)
+    rows = bind.execute(
+        sa.select(
+            deployments.c.id,
+            deployments.c.status,
+            deployments.c.rollout_deadline_at,
+            deployments.c.agent_ids,
+        ).where(deployments.c.status.in_(_PROGRESSING))
+    ).all()
+    for deployment_id, status, rollout_deadline, agent_ids in rows:
+        deadline = now + _DEFAULT_TIMEOUT
+        if status == "pending_approval":
+            expires = bind.execute(
+                sa.select(sa.func.min(approvals.c.expires_at)).where(
+                    approvals.c.deployment_id == deployment_id
+                )
+            ).scalar()
+            deadline = expires or deadline
+        elif status == "deploying" and rollout_deadline is not None:
+            deadline = rollout_deadline
+        if isinstance(deadline, datetime) and deadline.tzinfo is None:
+            deadline = deadline.replace(tzinfo=UTC)
+        bind.execute(
+            deployments.update()
+            .where(deployments.c.id == deployment_id)
+            .values(deadline_at=deadline, requested_agent_ids=agent_ids)
+        )
+        bind.execute(
+            jobs.insert().values(
+                id=new_id("job"),
+                kind="deployment.deadline",
+                payload={"deployment_id": deployment_id, "status": status},
+                state="queued",
+                dedupe_key=f"deployment.deadline:{deployment_id}:{status}",
+                attempts=0,
+                max_attempts=5,
+                run_after=deadline,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    active = bind.execute(
+        sa.select(deployments.c.id, deployments.c.env_id)
+        .where(deployments.c.status == "active")
+        .order_by(deployments.c.env_id, deployments.c.updated_at, deployments.c.id)
+    ).all()
+    previous: dict[str, str] = {}
+    for deployment_id, env_id in active:
+        before = previous.get(env_id)
+        if before is not None:
+            bind.execute(
+                deployments.update()
+                .where(deployments.c.id == before)
+                .values(superseded_by=deployment_id)
+            )
+            bind.execute(
+                deployments.update()
+                .where(deployments.c.id == deployment_id)
+                .values(previous_deployment_id=before)
+            )
+        previous[env_id] = deployment_id
 
 
 def downgrade() -> None:
