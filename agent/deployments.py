@@ -214,9 +214,11 @@ class DeploymentChecker:
             return True
         except AgentError as exc:
             logger.warning("deployment interrupted, will retry: %s", exc)
+            self._etag = None  # fetch the manifest again rather than wait on it (304)
             return False
         except OSError as exc:
             logger.error("deployment failed on this host, will retry: %s", exc)  # noqa: TRY400
+            self._etag = None
             return False
         self.queue(outcome)
         await self.flush()

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.auth.principal import Principal
+from controlplane.auth.principal import AgentPrincipal, Principal
 from controlplane.blobs import BlobStore
 from controlplane.jobs import Jobs
 from controlplane.orgs.paths import EnvPath
@@ -27,6 +27,7 @@ __all__ = [
     "Kek",
     "Paging",
     "Where",
+    "authenticated_agent",
     "dependencies",
     "worker_wake",
 ]
@@ -59,6 +60,14 @@ def provide_caller(request: Request[Any, Any, Any]) -> Principal:
     user = request.scope.get("user")
     if not isinstance(user, Principal):  # pragma: no cover - middleware guarantees it
         raise TypeError("route has no authenticated principal")
+    return user
+
+
+def authenticated_agent(request: Request[Any, Any, Any]) -> AgentPrincipal:
+    """The agent an agent-key route was called by (set by the authentication middleware)."""
+    user = request.scope.get("user")
+    if not isinstance(user, AgentPrincipal):  # pragma: no cover - middleware guarantees it
+        raise TypeError("route has no authenticated agent")
     return user
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +15,7 @@ from litestar import Litestar
 from sqlalchemy import func, select
 
 from controlplane.app import create_app
-from controlplane.auth.service import create_token, find_or_create_user
+from controlplane.auth.service import bootstrap_owner, create_token, find_or_create_user
 from controlplane.db import Database
 from controlplane.db.models import MembershipRow, OrganizationRow
 from controlplane.settings import Settings
@@ -145,6 +146,27 @@ class Stack:
 
     async def org_exists(self, org_id: str) -> bool:
         return await self.count(OrganizationRow, OrganizationRow.id == org_id) == 1
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings, backend: str) -> AsyncIterator[Stack]:
+    """The real app for ``settings``, started on the current event loop, with its client."""
+    app = create_app(settings)
+    async with app.lifespan(), in_process_client(app) as client:
+        yield Stack(
+            client=client,
+            app=app,
+            database=app.state.database,
+            backend=backend,
+            settings=settings,
+        )
+
+
+async def owner_of(stack: Stack, email: str) -> Actor:
+    """Bootstrap the first owner of ``stack``'s (empty) database, as the CLI does."""
+    async with stack.database.sessionmaker() as session:
+        boot = await bootstrap_owner(session, email, "tests")
+    return Actor(user_id=boot.user_id, token=boot.token)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -11,8 +11,8 @@ from litestar.params import FromPath, JSONBody
 
 from controlplane.agents import enrollment, service
 from controlplane.agents.service import PendingDeployment
-from controlplane.auth.principal import AgentPrincipal, EnrollmentCredential
-from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where
+from controlplane.auth.principal import EnrollmentCredential
+from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where, authenticated_agent
 from controlplane.signing.service import current_keyset
 from shared.agents import (
     AgentRecord,
@@ -34,13 +34,6 @@ from shared.signing import Envelope
 __all__ = ["AgentAdminController", "AgentRuntimeController", "EnrollmentTokenController"]
 
 ENV = "/api/v1/orgs/{org_id:str}/projects/{project_id:str}/environments/{env_id:str}"
-
-
-def _agent(request: Request[Any, Any, Any]) -> AgentPrincipal:
-    user = request.scope.get("user")
-    if not isinstance(user, AgentPrincipal):  # pragma: no cover - middleware guarantees it
-        raise TypeError("route has no authenticated agent")
-    return user
 
 
 class EnrollmentTokenController(Controller):
@@ -200,7 +193,9 @@ class AgentRuntimeController(Controller):
         session: DbSession,
         agent_id: FromPath[str],
     ) -> AgentRecord:
-        return await service.own_record(session, _agent(request), state.settings, state.heartbeats)
+        return await service.own_record(
+            session, authenticated_agent(request), state.settings, state.heartbeats
+        )
 
     @put(
         "/identity-key",
@@ -220,7 +215,7 @@ class AgentRuntimeController(Controller):
         agent_id: FromPath[str],
         data: JSONBody[IdentityKey],
     ) -> IdentityKey:
-        return await service.register_identity_key(session, _agent(request), data)
+        return await service.register_identity_key(session, authenticated_agent(request), data)
 
     @post(
         "/heartbeat",
@@ -241,7 +236,7 @@ class AgentRuntimeController(Controller):
         state.metrics.heartbeats.inc()
         return await service.receive_heartbeat(
             session,
-            _agent(request),
+            authenticated_agent(request),
             data,
             state.settings,
             state.heartbeats,
@@ -257,6 +252,6 @@ class AgentRuntimeController(Controller):
     async def signing_key(
         self, request: Request[Any, Any, Any], session: DbSession, kek: Kek, agent_id: FromPath[str]
     ) -> Response[Envelope]:
-        keyset = await current_keyset(session, kek, _agent(request).org_id)
+        keyset = await current_keyset(session, kek, authenticated_agent(request).org_id)
         await session.commit()
         return Response(keyset)

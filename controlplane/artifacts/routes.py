@@ -12,8 +12,16 @@ from litestar.response import File
 
 from controlplane.artifacts import replays, service
 from controlplane.artifacts.upload import MAX_UPLOAD_BODY, receive_upload
-from controlplane.auth.principal import AgentPrincipal
-from controlplane.deps import Blobs, Caller, DbSession, JobQueue, Paging, Where, worker_wake
+from controlplane.deps import (
+    Blobs,
+    Caller,
+    DbSession,
+    JobQueue,
+    Paging,
+    Where,
+    authenticated_agent,
+    worker_wake,
+)
 from shared.artifacts import ArtifactReceipt
 from shared.artifacts_api import Artifact, Replay, ReplayCreate
 from shared.resources import Page
@@ -41,8 +49,7 @@ Moment = Annotated[datetime | None, QueryParameter(description="RFC 3339 time")]
 async def upload_artifact(
     request: Request[Any, Any, Any], state: State, blobs: Blobs, agent_id: FromPath[str]
 ) -> Response[ArtifactReceipt]:
-    agent = request.scope.get("user")
-    assert isinstance(agent, AgentPrincipal)  # noqa: S101 - middleware contract
+    agent = authenticated_agent(request)
     receipt, created = await receive_upload(
         request, state.database, blobs, agent, wake=worker_wake(state)
     )

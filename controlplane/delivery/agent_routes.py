@@ -12,23 +12,15 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File
 from sqlalchemy import select
 
-from controlplane.auth.principal import AgentPrincipal
 from controlplane.db.models import DeploymentTargetRow
 from controlplane.delivery.convergence import Served, latest_sequence, manifest_for
 from controlplane.delivery.rollout import Delivery, apply_report
-from controlplane.deps import Blobs, DbSession, Kek
+from controlplane.deps import Blobs, DbSession, Kek, authenticated_agent
 from controlplane.errors import NotFound
 from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
 
 __all__ = ["AgentDeliveryController"]
-
-
-def _agent(request: Request[Any, Any, Any]) -> AgentPrincipal:
-    user = request.scope.get("user")
-    if not isinstance(user, AgentPrincipal):  # pragma: no cover - middleware guarantees it
-        raise TypeError("route has no authenticated agent")
-    return user
 
 
 def _delivery(state: State, kek: Any) -> Delivery:
@@ -62,13 +54,13 @@ class AgentDeliveryController(Controller):
         wait: Annotated[float, QueryParameter(ge=0, le=3600)] = 0,
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
     ) -> Response[Any]:
-        agent = _agent(request)
+        agent = authenticated_agent(request)
         delivery = _delivery(state, kek)
         deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
         # The full convergence decision runs once per request; while waiting, only a change of
         # the agent's newest manifest (one cheap indexed read) calls for deciding again.
+        newest = await latest_sequence(session, agent.agent_id)  # before deciding: no lost wake
         served = await manifest_for(session, delivery, agent.agent_id)
-        newest = await latest_sequence(session, agent.agent_id)
         while True:
             if served.issued_to:
                 state.agent_signals.notify(served.issued_to)
@@ -108,7 +100,9 @@ class AgentDeliveryController(Controller):
         agent_id: FromPath[str],
         data: JSONBody[DeploymentReport],
     ) -> None:
-        await apply_report(session, _delivery(state, kek), _agent(request).agent_id, data)
+        await apply_report(
+            session, _delivery(state, kek), authenticated_agent(request).agent_id, data
+        )
 
     @get(
         "/bundles/{digest:str}",
@@ -127,7 +121,7 @@ class AgentDeliveryController(Controller):
         deployed = await session.scalar(
             select(DeploymentTargetRow.bundle_id)
             .where(
-                DeploymentTargetRow.agent_id == _agent(request).agent_id,
+                DeploymentTargetRow.agent_id == authenticated_agent(request).agent_id,
                 DeploymentTargetRow.bundle_digest == digest,
             )
             .limit(1)

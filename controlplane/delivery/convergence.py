@@ -118,9 +118,11 @@ def _waiting(
     """
     if latest is None or not (held or latest.bundle_digest == desired_digest):
         return None
+    rolling_back = owner is not None and owner.status == DeploymentStatus.ROLLING_BACK
+    if rolling_back and latest.phase != TargetPhase.ROLLBACK:
+        return None  # a deploy manifest of a release being rolled back is never applied
     if latest.status in (TargetStatus.ISSUED, TargetStatus.ACTIVATING):
         return latest
-    rolling_back = owner is not None and owner.status == DeploymentStatus.ROLLING_BACK
     return latest if latest.status == TargetStatus.UNREACHABLE and rolling_back else None
 
 
@@ -200,7 +202,7 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     """The manifest this agent should see now, issuing a fresh one if it must converge.
 
     Ends the session's transaction (commits when it issued a manifest, else rolls back). Locks
-    are taken in the order every delivery path uses: deployment, then agent.
+    are taken in the order every delivery path uses: the deployment issued for, then the agent.
     """
     agent = await session.get(AgentRow, agent_id)
     if agent is None:
@@ -212,20 +214,20 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
         await session.rollback()
         return served
     # Decide again under locks: another process may have just issued this agent a manifest.
-    joining = deployment.id
+    planned = deployment.id
     await session.rollback()  # expires every loaded row: only plain values survive it
-    if plan is _Plan.JOIN:
-        await session.execute(
-            select(DeploymentRow.id).where(DeploymentRow.id == joining).with_for_update()
-        )
+    await session.execute(
+        select(DeploymentRow.id).where(DeploymentRow.id == planned).with_for_update()
+    )
     locked = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
     if locked is None:
         await session.rollback()
         return Served()
     again, serve, deployment = await _plan(session, delivery, locked, utcnow())
+    same = deployment is not None and again is plan and deployment.id == planned
     bundle = (
         await session.get(ConfigBundleRow, deployment.config_bundle_id)
-        if deployment is not None and again is plan
+        if deployment is not None and same
         else None
     )
     if deployment is None or bundle is None or bundle.status != "ready":

@@ -136,11 +136,10 @@ async def _legacy_deadline(
             return expires
     if deployment.status == DeploymentStatus.DEPLOYING and deployment.rollout_deadline_at:
         return deployment.rollout_deadline_at
-    timeout = (
-        context.settings.rollback_timeout_seconds
-        if deployment.status == DeploymentStatus.ROLLING_BACK
-        else context.settings.build_timeout_seconds
-    )
+    timeout = {
+        DeploymentStatus.ROLLING_BACK: context.settings.rollback_timeout_seconds,
+        DeploymentStatus.DEPLOYING: context.settings.rollout_timeout_seconds,
+    }.get(DeploymentStatus(deployment.status), context.settings.build_timeout_seconds)
     return deployment.updated_at + timedelta(seconds=timeout)
 
 

@@ -40,6 +40,8 @@ from controlplane.delivery.states import (
 from controlplane.environments.service import DesiredState, desired_state, set_desired_state
 from controlplane.errors import Conflict, NotFound
 from controlplane.jobs import PermanentJobError
+from controlplane.jobs.engine import enqueue
+from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
 from controlplane.signing.service import sign_for_org
 from shared.deployments import DeploymentReport, ManifestApproval, ManifestPayload
 
@@ -193,7 +195,40 @@ async def issue_manifest(
     target.sequence = agent.manifest_sequence
     target.manifest = msgspec.to_builtins(envelope)
     target.updated_at = now
+    if phase is TargetPhase.DEPLOY:
+        await _take_over(session, deployment, agent_id)
     return target
+
+
+async def _take_over(session: AsyncSession, deployment: DeploymentRow, agent_id: str) -> None:
+    """An agent only ever applies its newest manifest: withdraw what other rollouts await of it.
+
+    Those rollouts are then re-evaluated by a job (they must not wait for a report that can
+    never come), in their own transactions, so no two deployments are locked at once here.
+    """
+    await session.flush()
+    others = list(
+        await session.scalars(
+            select(DeploymentTargetRow)
+            .join(DeploymentRow, DeploymentRow.id == DeploymentTargetRow.deployment_id)
+            .where(
+                DeploymentTargetRow.agent_id == agent_id,
+                DeploymentTargetRow.deployment_id != deployment.id,
+                DeploymentTargetRow.phase == TargetPhase.DEPLOY,
+                DeploymentTargetRow.status.in_(list(UNFINISHED_TARGET)),
+                DeploymentRow.status == DeploymentStatus.DEPLOYING,
+            )
+            .with_for_update(of=DeploymentTargetRow)
+        )
+    )
+    for other in others:
+        move_target(other, TargetStatus.CANCELLED, f"superseded by {deployment.id}")
+    if others:
+        await enqueue(
+            session,
+            RECONCILE_ENVIRONMENT,
+            {"environment_id": deployment.env_id},
+        )
 
 
 async def _current(session: AsyncSession, env_id: str) -> DeploymentRow | None:
@@ -217,8 +252,8 @@ async def become_current(
     if current is not None and current.id != deployment.id and _newer(current, deployment):
         deployment.superseded_by = current.id
         return
-    if current is not None and current.id != deployment.id:
-        deployment.previous_deployment_id = current.id
+    if current is None or current.id != deployment.id:
+        deployment.previous_deployment_id = current.id if current is not None else None
     await set_desired_state(
         session,
         deployment.env_id,
@@ -363,6 +398,8 @@ async def start_rollback(
     else:
         restore_id = desired.deployment_id if desired else None
     restore = await session.get(DeploymentRow, restore_id) if restore_id else None
+    if restore is not None and restore.status != DeploymentStatus.ACTIVE:
+        restore = None  # rolled back itself meanwhile: nothing to go back to
     bundle = (
         await session.get(ConfigBundleRow, restore.config_bundle_id)
         if restore is not None and restore.config_bundle_id
@@ -388,7 +425,12 @@ async def start_rollback(
         )
         if restore is not None and bundle is not None:
             restore.superseded_by = None
-    deploy_targets = await _targets(session, deployment, TargetPhase.DEPLOY)
+    # Targets another rollout took over have moved on: this rollback leaves them alone.
+    deploy_targets = [
+        t
+        for t in await _targets(session, deployment, TargetPhase.DEPLOY)
+        if t.status != TargetStatus.CANCELLED
+    ]
     for target in deploy_targets:
         if target.status == TargetStatus.ISSUED:
             move_target(target, TargetStatus.CANCELLED, "superseded by the rollback")
@@ -452,7 +494,12 @@ def _outcomes(targets: list[DeploymentTargetRow]) -> str:
 async def reconcile(session: AsyncSession, delivery: Delivery, deployment: DeploymentRow) -> None:
     """Recompute an in-flight deployment's status from its targets (no commit)."""
     if deployment.status == DeploymentStatus.DEPLOYING:
-        deploy = await _targets(session, deployment, TargetPhase.DEPLOY)
+        # A target another rollout took over (cancelled) is no longer waited for.
+        deploy = [
+            t
+            for t in await _targets(session, deployment, TargetPhase.DEPLOY)
+            if t.status != TargetStatus.CANCELLED
+        ]
         failed = [t for t in deploy if t.status == TargetStatus.FAILED]
         if failed:
             first = failed[0]
@@ -469,6 +516,8 @@ async def reconcile(session: AsyncSession, delivery: Delivery, deployment: Deplo
                 reason=(
                     f"every target is active ({len(deploy)})"
                     if deploy
+                    else "every target moved on to a newer deployment"
+                    if deployment.agent_ids
                     else "no agent was online; agents converge when they check in"
                 ),
             )

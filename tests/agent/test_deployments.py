@@ -427,3 +427,23 @@ async def test_restart_recovers_and_reports_the_interrupted_deployment(
     status = read_status(cp.settings.state_dir)
     assert status is not None
     assert status.active_bundle_digest == orders.digest
+
+
+async def test_a_download_that_fails_transiently_fetches_the_manifest_again(
+    cp: Cp, orders: Bundle
+) -> None:
+    """A half-done attempt must not leave the agent long-polling on that manifest's ETag."""
+    envelope = manifest(cp.keys, orders, 9)
+    route = cp.serve(envelope, etag='"seq-9"')
+    download = cp.router.get(f"/api/v1/agents/{AGENT}/bundles/{orders.digest}")
+    download.side_effect = [httpx.Response(503), httpx.Response(200, content=orders.archive)]
+    reports = cp.accept_reports()
+    checker = cp.checker()
+
+    await checker.check_once()  # the download fails: nothing active yet
+    assert cp.state.last_sequence == 0
+    await checker.check_once()  # asks again without If-None-Match, gets it, activates
+
+    assert "If-None-Match" not in route.calls.last.request.headers
+    assert cp.state.active_bundle_digest == orders.digest
+    assert [r.status for r in reports_of(reports)][-1] == "active"

@@ -93,6 +93,7 @@ def _seed(connection: Connection) -> None:
         )
 
     deployment("dep_a", "active", 50, config_bundle_id="cfb_1")
+    deployment("dep_failed", "failed", 45)
     deployment("dep_b", "active", 40, config_bundle_id="cfb_2")
     deployment("dep_pending", "pending_approval", 30)
     _insert(
@@ -157,6 +158,7 @@ async def test_deployments_from_before_get_deadlines_and_a_history(
         "dep_a",
     )
     assert rows["dep_b"].superseded_by is None
+    assert rows["dep_failed"].superseded_by == "dep_b"  # it no longer holds its hosts
     for waiting in ("dep_pending", "dep_deploying", "dep_rolling"):
         assert rows[waiting].deadline_at is not None, waiting
         assert rows[waiting].requested_agent_ids is not None

@@ -16,12 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from controlplane.app import create_app
-from controlplane.auth.service import bootstrap_owner
 from controlplane.db.models import AgentRow, DeploymentTargetRow
 from controlplane.settings import DeploymentMode, Settings
 from tests.backends import throwaway_database
-from tests.conftest import GENEROUS_RATE_LIMITS, Actor, Stack, in_process_client
+from tests.conftest import GENEROUS_RATE_LIMITS, owner_of, running_stack
 from tests.controlplane.agents.helpers import agent_headers
 from tests.controlplane.delivery.world import World
 from tests.controlplane.pipelines.plans import SINGLE_RING
@@ -45,18 +43,8 @@ async def test_two_processes_issue_one_manifest_per_agent(tmp_path: Path) -> Non
             heartbeat_flush_seconds=0.2,
             **GENEROUS_RATE_LIMITS,
         )
-        app = create_app(settings)
-        async with app.lifespan(), in_process_client(app) as client:
-            stack = Stack(
-                client=client,
-                app=app,
-                database=app.state.database,
-                backend="postgresql",
-                settings=settings,
-            )
-            async with stack.database.sessionmaker() as session:
-                boot = await bootstrap_owner(session, "fleet@example.com", "fleet")
-            tree = await stack.tree(Actor(user_id=boot.user_id, token=boot.token))
+        async with running_stack(settings, "postgresql") as stack:
+            tree = await stack.tree(await owner_of(stack, "fleet@example.com"))
             draft = await stack.ok(
                 "POST",
                 f"{tree.env_path}/drafts",

@@ -15,12 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from controlplane.app import create_app
-from controlplane.auth.service import bootstrap_owner
 from controlplane.db.models import ConfigBundleRow, JobRow
 from controlplane.settings import DeploymentMode, Settings
 from tests.backends import throwaway_database
-from tests.conftest import Actor, Stack, in_process_client
+from tests.conftest import owner_of, running_stack
 from tests.controlplane.pipelines.plans import SINGLE_RING
 from tests.e2e.conftest import clean_env, console_script
 
@@ -39,18 +37,8 @@ async def test_every_job_runs_exactly_once(tmp_path: Path) -> None:
             deployment_mode=DeploymentMode.API,  # this process only enqueues
             key_encryption_key=kek,
         )
-        app = create_app(settings)
-        async with app.lifespan(), in_process_client(app) as client:
-            stack = Stack(
-                client=client,
-                app=app,
-                database=app.state.database,
-                backend="postgresql",
-                settings=settings,
-            )
-            async with stack.database.sessionmaker() as session:
-                boot = await bootstrap_owner(session, "race@example.com", "race")
-            tree = await stack.tree(Actor(user_id=boot.user_id, token=boot.token))
+        async with running_stack(settings, "postgresql") as stack:
+            tree = await stack.tree(await owner_of(stack, "race@example.com"))
             draft = await stack.ok(
                 "POST",
                 f"{tree.env_path}/drafts",
@@ -94,6 +82,13 @@ async def test_every_job_runs_exactly_once(tmp_path: Path) -> None:
                     if states == Counter({"completed": JOBS}):
                         break
                     await asyncio.sleep(0.2)
+                # A worker still starting up when the other finished everything has not installed
+                # its SIGTERM handler yet: wait until both run, then stop them.
+                for log in logs:
+                    while time.monotonic() < deadline:
+                        if "job worker" in log.read_text(errors="replace"):
+                            break
+                        await asyncio.sleep(0.1)
             finally:
                 for process in workers:
                     process.send_signal(signal.SIGTERM)

@@ -315,23 +315,29 @@ async def test_a_failed_rollout_withdraws_manifests_no_host_took(stack: Stack) -
 
 
 async def test_the_newest_release_wins_when_rollouts_overlap(stack: Stack) -> None:
-    world = await make_world(stack, agents=1, max_inflight_deployments=2)
-    agent = world.agents[0]
+    world = await make_world(
+        stack, agents=2, max_inflight_deployments=2, rollback_policy="automatic"
+    )
     base = (await world.deploy()).json()
     await world.activate_all(base["id"])
     older = (await world.deploy()).json()
     await world.wait_status(older["id"], "deploying")
-    older_manifest = await world.manifest(agent)
     newer = (await world.deploy()).json()
     await world.wait_status(newer["id"], "deploying")
-    newer_manifest = await world.manifest(agent)
-    assert newer_manifest.deployment_id == newer["id"]
-    await world.report(agent, newer_manifest, "active")
+    # An agent applies only its newest manifest: the newer rollout took both over.
+    taken = await world.wait_status(older["id"], "active")
+    assert taken["status_reason"] == "every target moved on to a newer deployment"
+    assert {t["status"] for t in taken["targets"]} == {"cancelled"}
+    for agent in world.agents:
+        manifest = await world.manifest(agent)
+        assert manifest.deployment_id == newer["id"]
+        await world.report(agent, manifest, "active")
     await world.wait_status(newer["id"], "active")
-    # The older rollout finishes afterwards: it does not take over from the newer release.
-    await world.report(agent, older_manifest, "active")
-    await world.wait_status(older["id"], "active")
     env = await stack.ok("GET", world.tree.env_path, world.tree.owner)
     assert env["current_deployment_id"] == newer["id"]
     assert (await world.detail(older["id"]))["superseded_by"] == newer["id"]
-    assert (await world.detail(newer["id"]))["previous_deployment_id"] == base["id"]
+    assert (await world.detail(newer["id"]))["previous_deployment_id"] == older["id"]
+    # Nothing was rolled back on the way.
+    for deployment_id in (older["id"], newer["id"]):
+        detail = await world.detail(deployment_id)
+        assert all(t["phase"] == "deploy" for t in detail["targets"])

@@ -48,14 +48,14 @@ def upgrade() -> None:
         UPDATE environments SET
           current_deployment_id = (
             SELECT d.id FROM deployments d WHERE d.env_id = environments.id
-              AND d.status = 'active' ORDER BY d.updated_at DESC, d.id DESC LIMIT 1),
+              AND d.status = 'active' ORDER BY d.created_at DESC, d.id DESC LIMIT 1),
           desired_bundle_id = (
             SELECT d.config_bundle_id FROM deployments d WHERE d.env_id = environments.id
-              AND d.status = 'active' ORDER BY d.updated_at DESC, d.id DESC LIMIT 1),
+              AND d.status = 'active' ORDER BY d.created_at DESC, d.id DESC LIMIT 1),
           desired_bundle_digest = (
             SELECT b.digest FROM deployments d JOIN config_bundles b ON b.id = d.config_bundle_id
               WHERE d.env_id = environments.id AND d.status = 'active'
-              ORDER BY d.updated_at DESC, d.id DESC LIMIT 1)
+              ORDER BY d.created_at DESC, d.id DESC LIMIT 1)
         """
     )
     _backfill()
@@ -71,7 +71,8 @@ def _backfill() -> None:
 
     - every status that waits gets a deadline and a deadline job (else it could wait forever);
     - in-flight deployments keep exactly the targets they had (no agent joins them);
-    - active deployments are chained per environment: each supersedes the one before it.
+    - deployments are chained per environment in creation order: each active one supersedes the
+      active, failed and rolled-back ones before it.
     """
     bind = op.get_bind()
     meta = sa.MetaData()
@@ -119,24 +120,29 @@ def _backfill() -> None:
                 updated_at=now,
             )
         )
-    active = bind.execute(
-        sa.select(deployments.c.id, deployments.c.env_id)
-        .where(deployments.c.status == "active")
-        .order_by(deployments.c.env_id, deployments.c.updated_at, deployments.c.id)
+    history = bind.execute(
+        sa.select(deployments.c.id, deployments.c.env_id, deployments.c.status)
+        .where(deployments.c.status.in_(("active", "failed", "rolled_back")))
+        .order_by(deployments.c.env_id, deployments.c.created_at, deployments.c.id)
     ).all()
-    previous: dict[str, str] = {}
-    for deployment_id, env_id in active:
-        before = previous.get(env_id)
-        if before is not None:
+    previous: dict[str, str] = {}  # the newest active deployment so far, per environment
+    resting: dict[str, list[str]] = {}  # failed or rolled back since then, per environment
+    for deployment_id, env_id, status in history:
+        if status != "active":
+            resting.setdefault(env_id, []).append(deployment_id)
+            continue
+        older = [*resting.pop(env_id, []), *([previous[env_id]] if env_id in previous else [])]
+        if older:
             bind.execute(
                 deployments.update()
-                .where(deployments.c.id == before)
+                .where(deployments.c.id.in_(older))
                 .values(superseded_by=deployment_id)
             )
+        if env_id in previous:
             bind.execute(
                 deployments.update()
                 .where(deployments.c.id == deployment_id)
-                .values(previous_deployment_id=before)
+                .values(previous_deployment_id=previous[env_id])
             )
         previous[env_id] = deployment_id
 
