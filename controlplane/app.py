@@ -42,7 +42,7 @@ from controlplane.delivery.deadlines import (
     reconcile_environment,
 )
 from controlplane.delivery.lifecycle import DEADLINE_JOB
-from controlplane.delivery.rollout import ROLLOUT_JOB, run_rollout
+from controlplane.delivery.rollout import ROLLOUT_JOB, Delivery, run_rollout
 from controlplane.delivery.routes import ApprovalController, DeploymentController
 from controlplane.delivery.signals import AgentSignals
 from controlplane.deps import dependencies
@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             **dependencies,
             # The agents domain asks delivery whether work awaits an agent, without importing it.
             "deployment_pending": Provide(lambda: deployment_pending, sync_to_thread=False),
+            "delivery": Provide(Delivery.of_app, sync_to_thread=False),
         },
         middleware=[MetricsMiddleware, AddressThrottleMiddleware, auth, CredentialLimitMiddleware],
         exception_handlers=exception_handlers,

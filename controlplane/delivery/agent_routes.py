@@ -14,17 +14,14 @@ from sqlalchemy import select
 
 from controlplane.db.models import DeploymentTargetRow
 from controlplane.delivery.convergence import Served, latest_sequence, manifest_for
-from controlplane.delivery.rollout import Delivery, apply_report
-from controlplane.deps import Blobs, DbSession, Kek, authenticated_agent
+from controlplane.delivery.rollout import apply_report
+from controlplane.delivery.routes import DeliveryDep
+from controlplane.deps import Blobs, DbSession, authenticated_agent
 from controlplane.errors import NotFound
 from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
 
 __all__ = ["AgentDeliveryController"]
-
-
-def _delivery(state: State, kek: Any) -> Delivery:
-    return Delivery(kek, state.settings, state.heartbeats)
 
 
 class AgentDeliveryController(Controller):
@@ -49,13 +46,12 @@ class AgentDeliveryController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         session: DbSession,
-        kek: Kek,
+        delivery: DeliveryDep,
         agent_id: FromPath[str],
         wait: Annotated[float, QueryParameter(ge=0, le=3600)] = 0,
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
     ) -> Response[Any]:
         agent = authenticated_agent(request)
-        delivery = _delivery(state, kek)
         deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
         # The full convergence decision runs once per request; while waiting, only a change of
         # the agent's newest manifest (one cheap indexed read) calls for deciding again.
@@ -94,15 +90,12 @@ class AgentDeliveryController(Controller):
     async def report_deployment(
         self,
         request: Request[Any, Any, Any],
-        state: State,
         session: DbSession,
-        kek: Kek,
+        delivery: DeliveryDep,
         agent_id: FromPath[str],
         data: JSONBody[DeploymentReport],
     ) -> None:
-        await apply_report(
-            session, _delivery(state, kek), authenticated_agent(request).agent_id, data
-        )
+        await apply_report(session, delivery, authenticated_agent(request).agent_id, data)
 
     @get(
         "/bundles/{digest:str}",

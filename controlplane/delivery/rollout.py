@@ -46,6 +46,7 @@ from controlplane.signing.service import sign_for_org
 from shared.deployments import DeploymentReport, ManifestApproval, ManifestPayload
 
 if TYPE_CHECKING:
+    from litestar.datastructures import State
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from controlplane.agents.heartbeats import HeartbeatBuffer
@@ -88,6 +89,11 @@ class Delivery:
     @classmethod
     def of(cls, context: JobContext) -> Delivery:
         return cls(context.kek, context.settings, context.heartbeats)
+
+    @classmethod
+    def of_app(cls, state: State) -> Delivery:
+        """The ``delivery`` dependency of routes: this process's keys, settings, heartbeats."""
+        return cls(state.kek, state.settings, state.heartbeats)
 
     def deadline(self, seconds: float) -> datetime:
         return utcnow() + timedelta(seconds=seconds)

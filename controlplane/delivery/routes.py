@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, TypeAlias
 
 from litestar import Controller, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from controlplane.delivery import approvals, service
 from controlplane.delivery.rollout import Delivery
-from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where
+from controlplane.deps import Caller, DbSession, JobQueue, Paging, Where
 from shared.deployments_api import (
     Approval,
     ApprovalCreate,
@@ -22,10 +23,10 @@ from shared.deployments_api import (
 )
 from shared.resources import Page
 
-if TYPE_CHECKING:
-    from controlplane.signing.kek import KeyEncryptionKey
+__all__ = ["ApprovalController", "DeliveryDep", "DeploymentController"]
 
-__all__ = ["ApprovalController", "DeploymentController"]
+#: Keys, settings and heartbeats for delivery (``delivery: DeliveryDep``; see ``Delivery.of_app``).
+DeliveryDep: TypeAlias = NamedDependency[Delivery]
 
 ENV = "/api/v1/orgs/{org_id:str}/projects/{project_id:str}/environments/{env_id:str}"
 StatusFilter = Annotated[str | None, QueryParameter(description="only deployments in this status")]
@@ -33,10 +34,6 @@ SupersededFilter = Annotated[
     bool | None,
     QueryParameter(description="true: only those a newer deployment replaced; false: only others"),
 ]
-
-
-def _delivery(state: State, kek: KeyEncryptionKey) -> Delivery:
-    return Delivery(kek, state.settings, state.heartbeats)
 
 
 class DeploymentController(Controller):
@@ -104,10 +101,9 @@ class DeploymentController(Controller):
     )
     async def rollback(
         self,
-        state: State,
         session: DbSession,
         caller: Caller,
-        kek: Kek,
+        delivery: DeliveryDep,
         where: Where,
         deployment_id: FromPath[str],
         data: JSONBody[RollbackRequest | None] = None,
@@ -118,7 +114,7 @@ class DeploymentController(Controller):
             where,
             deployment_id,
             data.reason if data else None,
-            _delivery(state, kek),
+            delivery,
         )
 
     @post(
@@ -132,10 +128,9 @@ class DeploymentController(Controller):
     )
     async def cancel(
         self,
-        state: State,
         session: DbSession,
         caller: Caller,
-        kek: Kek,
+        delivery: DeliveryDep,
         where: Where,
         deployment_id: FromPath[str],
         data: JSONBody[CancelRequest | None] = None,
@@ -146,7 +141,7 @@ class DeploymentController(Controller):
             where,
             deployment_id,
             data.reason if data else None,
-            _delivery(state, kek),
+            delivery,
         )
 
 
@@ -193,11 +188,10 @@ class ApprovalController(Controller):
     )
     async def revoke(
         self,
-        state: State,
         session: DbSession,
         caller: Caller,
-        kek: Kek,
+        delivery: DeliveryDep,
         where: Where,
         approval_id: FromPath[str],
     ) -> Approval:
-        return await approvals.revoke(session, caller, where, approval_id, _delivery(state, kek))
+        return await approvals.revoke(session, caller, where, approval_id, delivery)

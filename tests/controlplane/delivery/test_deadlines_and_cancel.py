@@ -233,3 +233,35 @@ async def test_the_cap_counts_only_deployments_that_can_progress_and_names_them(
     await world.wait_status(failing["id"], "failed")
     # Failed waits for nothing: it no longer holds the cap.
     assert (await world.deploy()).status_code == 201
+
+
+async def test_bad_cancel_requests_are_problems_and_change_nothing(stack: Stack) -> None:
+    world = await make_world(stack, agents=1, approvals_required=1)
+    created = (await world.deploy()).json()
+    path = f"{world.tree.env_path}/deployments/{created['id']}/cancel"
+    cases: list[tuple[str | None, dict[str, Any], int]] = [
+        (None, {"json": {"reason": "x", "extra": 1}}, 400),
+        (None, {"json": {"reason": "x" * 2001}}, 400),
+        (None, {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
+        ("anonymous", {"json": {}}, 401),
+    ]
+    for who, kwargs, status in cases:
+        actor = None if who == "anonymous" else world.tree.owner
+        response = await stack.call("POST", path, actor, **kwargs)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    missing = await stack.call(
+        "POST", f"{world.tree.env_path}/deployments/dep_missing/cancel", world.tree.owner
+    )
+    assert missing.status_code == 404
+    detail = await world.detail(created["id"])
+    assert detail["status"] == "pending_approval"
+    assert len(detail["events"]) == 1
+    bad_filter = await stack.call(
+        "GET",
+        f"{world.tree.env_path}/deployments",
+        world.tree.owner,
+        params={"superseded": "maybe"},
+    )
+    assert bad_filter.status_code == 400
+    assert bad_filter.headers["content-type"] == "application/problem+json"
