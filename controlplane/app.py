@@ -14,7 +14,9 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.agents.fleetview import FleetView
 from controlplane.agents.heartbeats import HeartbeatBuffer
+from controlplane.agents.keycache import AgentKeyCache
 from controlplane.agents.routes import (
     AgentAdminController,
     AgentRuntimeController,
@@ -34,7 +36,7 @@ from controlplane.bundles.service import BUILD_JOB, build_bundle
 from controlplane.db import create_database
 from controlplane.db.migrate import head_revision, upgrade
 from controlplane.delivery.agent_routes import AgentDeliveryController
-from controlplane.delivery.convergence import deployment_pending
+from controlplane.delivery.convergence import waiting_agents
 from controlplane.delivery.deadlines import (
     LEGACY_EXPIRY_JOB,
     enforce_deadline,
@@ -111,6 +113,12 @@ def _lifespan(settings: Settings) -> Any:
         app.state.agent_signals = signals
         heartbeats = HeartbeatBuffer(database, settings.heartbeat_flush_seconds)
         app.state.heartbeats = heartbeats
+        # The agents domain asks delivery which agents a manifest waits for, without importing it.
+        app.state.fleet = FleetView(database, settings.fleet_view_ttl_seconds, waiting_agents)
+        agent_keys = AgentKeyCache(
+            database, settings.agent_key_cache_seconds, settings.agent_key_cache_size
+        )
+        app.state.agent_keys = agent_keys
         worker: Worker | None = None
         worker_task: asyncio.Task[None] | None = None
         if settings.deployment_mode in (DeploymentMode.WORKER, DeploymentMode.COMBINED):
@@ -126,9 +134,12 @@ def _lifespan(settings: Settings) -> Any:
             worker_task = asyncio.create_task(worker.run(), name="byteor-job-worker")
         app.state.worker = worker
         heartbeat_task = asyncio.create_task(heartbeats.run(), name="byteor-heartbeat-flush")
+        keys_task = asyncio.create_task(agent_keys.run(), name="byteor-agent-key-cache")
         try:
             yield
         finally:
+            await agent_keys.shutdown()
+            await keys_task
             await heartbeats.shutdown()
             await heartbeat_task
             if worker is not None and worker_task is not None:
@@ -220,8 +231,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         dependencies={
             **dependencies,
-            # The agents domain asks delivery whether work awaits an agent, without importing it.
-            "deployment_pending": Provide(lambda: deployment_pending, sync_to_thread=False),
             "delivery": Provide(Delivery.of_app, sync_to_thread=False),
         },
         middleware=[MetricsMiddleware, AddressThrottleMiddleware, auth, CredentialLimitMiddleware],

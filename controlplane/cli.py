@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from controlplane.settings import Settings
 from shared import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
+
+    from controlplane.settings import Settings
 
 __all__ = ["main"]
 
@@ -32,12 +34,19 @@ def _configure_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _litestar_app(server: Any) -> Any:
+    """The Litestar app a uvicorn server loaded (inside the middleware uvicorn wraps it in)."""
+    from litestar import Litestar
+
+    app = getattr(server.config, "loaded_app", None)
+    while app is not None and not isinstance(app, Litestar):
+        app = getattr(app, "app", None)
+    return app
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, workers: int = 1) -> int:
     import uvicorn
-
-    from controlplane.app import create_app
-
-    app = create_app(settings)
+    from uvicorn.supervisors import Multiprocess
 
     class DrainingServer(uvicorn.Server):
         """On the first SIGTERM/SIGINT: report not-ready for ``drain_seconds``, then stop."""
@@ -45,7 +54,8 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         draining = False
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if self.draining or settings.drain_seconds <= 0:
+            app = _litestar_app(self)
+            if self.draining or settings.drain_seconds <= 0 or app is None:
                 super().handle_exit(sig, frame)
                 return
             self.draining = True
@@ -57,20 +67,37 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
                 settings.drain_seconds, super().handle_exit, sig, frame
             )
 
-    config = uvicorn.Config(
-        app,
-        host=host or settings.bind_host,
-        port=port if port is not None else settings.bind_port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-    )
+    options: dict[str, Any] = {
+        "host": host or settings.bind_host,
+        "port": port if port is not None else settings.bind_port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 20,
+    }
     # uvicorn drains in-flight requests on SIGTERM/SIGINT and then re-raises the signal to the
     # handler that was installed before it; a no-op handler here turns that into a clean exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    DrainingServer(config).run()
+    if workers <= 1:
+        from controlplane.app import create_app
+
+        DrainingServer(uvicorn.Config(create_app(settings), **options)).run()
+    else:
+        if settings.resolved_database_url.startswith("sqlite"):
+            logger.warning(
+                "serve --workers %d on SQLite: every write still goes through one database "
+                "lock; use PostgreSQL (BYTEOR_CLOUD_DATABASE_URL) to scale out",
+                workers,
+            )
+        # Each worker process builds its own app from the same BYTEOR_CLOUD_* environment and
+        # accepts connections on the socket bound here. uvicorn's supervisor restarts a worker
+        # that dies; on SIGTERM each worker finishes its in-flight requests (no /readyz drain
+        # phase: take the instance out of the load balancer first).
+        config = uvicorn.Config(
+            "controlplane.app:create_app", factory=True, workers=workers, **options
+        )
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     logger.info("control plane stopped")
     return 0
 
@@ -103,6 +130,21 @@ async def _bootstrap(settings: Settings, email: str, org: str) -> str:
         await database.dispose()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
+#: Packages of the ``server`` extra the control plane cannot start without.
+SERVER_PACKAGES = ("litestar", "sqlalchemy", "alembic", "uvicorn", "limits", "aiosqlite")
+
+
+def _missing_server_packages() -> list[str]:
+    return [name for name in SERVER_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byteor-controlplane", description="ByteOr control plane (settings: BYTEOR_CLOUD_*)"
@@ -112,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the API server")
     serve.add_argument("--host", help="override the host of BYTEOR_CLOUD_API_BIND_ADDR")
     serve.add_argument("--port", type=int, help="override the port of BYTEOR_CLOUD_API_BIND_ADDR")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the port (for PostgreSQL; default 1)",
+    )
     commands.add_parser("migrate", help="create or upgrade the database schema")
     commands.add_parser(
         "worker", help="run durable jobs only (no HTTP); run several against PostgreSQL"
@@ -132,6 +180,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``byteor-controlplane``; returns the process exit code."""
     args = _parser().parse_args(argv)
+    missing = _missing_server_packages()
+    if missing:
+        print(  # noqa: T201
+            "byteor-controlplane needs the server extra, which this install lacks "
+            f"({', '.join(missing)}): pip install 'byteor[server]' "
+            "(hosts that only run the agent need just byteor-agent)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from controlplane.settings import Settings
+
     if args.command == "demo":
         from controlplane.demo import run_demo
 
@@ -147,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _configure_logging(settings)
     if args.command == "serve":
-        return _serve(settings, args.host, args.port)
+        return _serve(settings, args.host, args.port, args.workers)
     if args.command == "worker":
         from controlplane.worker import run_worker
 

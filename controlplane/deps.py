@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any, TypeAlias
 
 from litestar import Request
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.auth.principal import AgentPrincipal, Principal
 from controlplane.blobs import BlobStore
+from controlplane.db.scoped import request_session
 from controlplane.jobs import Jobs
 from controlplane.orgs.paths import EnvPath
 from controlplane.pagination import PageRequest, page_request
@@ -49,10 +50,11 @@ Kek: TypeAlias = NamedDependency[KeyEncryptionKey]
 JobQueue: TypeAlias = NamedDependency[Jobs]
 
 
-async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
-    """One session per request; services commit, anything uncommitted is rolled back."""
-    async with state.database.sessionmaker() as session:
-        yield session
+def provide_session(request: Request[Any, Any, Any]) -> AsyncSession:
+    """The request's one session (shared with authentication); services commit, and anything
+    uncommitted is rolled back when the authentication middleware closes it after the response.
+    """
+    return request_session(request.scope, request.app.state.database)
 
 
 def provide_caller(request: Request[Any, Any, Any]) -> Principal:
@@ -116,7 +118,7 @@ dependencies = {
     "where": Provide(provide_where, sync_to_thread=False),
     "blobs": Provide(provide_blobs, sync_to_thread=False),
     "kek": Provide(provide_kek, sync_to_thread=False),
-    "session": Provide(provide_session),
+    "session": Provide(provide_session, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "page": Provide(provide_page, sync_to_thread=False),
     "jobs": Provide(provide_jobs, sync_to_thread=False),

@@ -97,6 +97,23 @@ class Settings(BaseSettings):
     heartbeat_flush_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
         default=2.0, description="heartbeats are coalesced in memory and written this often"
     )
+    agent_key_cache_seconds: Annotated[float, Field(ge=0, le=5)] = Field(
+        default=4.0,
+        description=(
+            "how long an authenticated agent key is served from memory without being re-read; "
+            "a key revoked in any process stops working within this bound (0: no cache)"
+        ),
+    )
+    agent_key_cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        default=50_000, description="most agent keys kept in the in-memory cache (LRU)"
+    )
+    fleet_view_ttl_seconds: Annotated[float, Field(ge=0, le=10)] = Field(
+        default=1.0,
+        description=(
+            "how long an environment's heartbeat answer (deployment pending, key-set version, "
+            "rotated keys) is kept; changes made by another process show within this bound"
+        ),
+    )
     rollout_timeout_seconds: Annotated[float, Field(ge=1)] = Field(
         default=900.0, description="a deployment not active this long after rollout starts fails"
     )

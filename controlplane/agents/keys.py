@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from controlplane.auth.principal import AgentPrincipal
 from controlplane.auth.secrets import TokenKind, digest_token, digests_match, issue_secret
+from controlplane.db.engine import AGENT_KEYS, FLEET, begin_write, mark_changed
 from controlplane.db.models import AgentKeyRow, AgentRow
 from controlplane.db.types import utcnow
 from controlplane.errors import Unauthorized
@@ -73,6 +74,7 @@ async def rotate_agent_key(
     )
     row.sealed_secret = kek.seal(secret.token.encode(), _aad(agent_id, row.id))
     session.add(row)
+    mark_changed(session, FLEET)
     return row
 
 
@@ -89,29 +91,47 @@ async def pending_key_secret(
 
 
 async def authenticate_agent_key(session: AsyncSession, token: str) -> AgentPrincipal:
-    """Resolve an agent key; the first use of a pending key promotes it and revokes the old one."""
-    row = (
-        await session.execute(
-            select(AgentKeyRow, AgentRow)
-            .join(AgentRow, AgentRow.id == AgentKeyRow.agent_id)
-            .where(AgentKeyRow.key_hash == digest_token(token))
-        )
-    ).first()
+    """Resolve an agent key; the first use of a pending key promotes it and revokes the old one.
+
+    Reads in the session's current transaction; a promotion ends it and writes in a fresh one.
+    """
+    digest = digest_token(token)
+    statement = (
+        select(AgentKeyRow, AgentRow)
+        .join(AgentRow, AgentRow.id == AgentKeyRow.agent_id)
+        .where(AgentKeyRow.key_hash == digest)
+    )
+    row = (await session.execute(statement)).first()
     if row is None or not digests_match(row[0].key_hash, token):
         raise Unauthorized("The agent key is unknown")
     key, agent = row
     if key.revoked_at is not None or key.state not in (ACTIVE, PENDING):
         raise Unauthorized("The agent key has been revoked")
     if key.state == PENDING:
-        now = utcnow()
-        await session.execute(
+        key_id, agent_id = key.id, agent.id  # plain values: the rollback expires the rows
+        await session.rollback()
+        await begin_write(session)
+        promoted = await session.execute(
             update(AgentKeyRow)
-            .where(AgentKeyRow.agent_id == agent.id, AgentKeyRow.state == ACTIVE)
-            .values(state="revoked", revoked_at=now)
+            .where(AgentKeyRow.id == key_id, AgentKeyRow.state == PENDING)
+            .values(state=ACTIVE, sealed_secret=None)
         )
-        key.state = ACTIVE
-        key.sealed_secret = None
+        if promoted.rowcount:  # type: ignore[attr-defined]
+            await session.execute(
+                update(AgentKeyRow)
+                .where(
+                    AgentKeyRow.agent_id == agent_id,
+                    AgentKeyRow.state == ACTIVE,
+                    AgentKeyRow.id != key_id,
+                )
+                .values(state="revoked", revoked_at=utcnow())
+            )
+            mark_changed(session, AGENT_KEYS, FLEET)
         await session.commit()
+        row = (await session.execute(statement)).first()
+        if row is None or row[0].state != ACTIVE or row[0].revoked_at is not None:
+            raise Unauthorized("The agent key has been revoked")
+        key, agent = row
     return AgentPrincipal(
         agent_id=agent.id,
         key_id=key.id,

@@ -6,11 +6,9 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from controlplane.agents import enrollment, service
-from controlplane.agents.service import PendingDeployment
 from controlplane.auth.principal import EnrollmentCredential
 from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where, authenticated_agent
 from controlplane.signing.service import current_keyset
@@ -194,7 +192,7 @@ class AgentRuntimeController(Controller):
         agent_id: FromPath[str],
     ) -> AgentRecord:
         return await service.own_record(
-            session, authenticated_agent(request), state.settings, state.heartbeats
+            session, authenticated_agent(request), state.settings, state.heartbeats, state.fleet
         )
 
     @put(
@@ -220,7 +218,7 @@ class AgentRuntimeController(Controller):
     @post(
         "/heartbeat",
         status_code=200,
-        opt={"scope": "agent:heartbeat"},
+        opt={"scope": "agent:heartbeat", "transaction": "read"},
         summary="Report liveness and resource usage; learn the next interval and what awaits",
     )
     async def heartbeat(
@@ -229,7 +227,6 @@ class AgentRuntimeController(Controller):
         state: State,
         session: DbSession,
         kek: Kek,
-        deployment_pending: NamedDependency[PendingDeployment],
         agent_id: FromPath[str],
         data: JSONBody[Heartbeat],
     ) -> HeartbeatResponse:
@@ -241,7 +238,7 @@ class AgentRuntimeController(Controller):
             state.settings,
             state.heartbeats,
             kek,
-            deployment_pending,
+            state.fleet,
         )
 
     @get(

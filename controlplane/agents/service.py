@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
 
 from controlplane.agents.keys import pending_key_secret, rotate_agent_key
-from controlplane.db.models import AgentRow, KeySetRow
+from controlplane.db.engine import AGENT_KEYS, FLEET, mark_changed
+from controlplane.db.models import AgentRow
 from controlplane.db.types import utcnow
-from controlplane.environments.service import desired_state
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
 from controlplane.pagination import fetch_page
@@ -31,14 +29,12 @@ from shared.artifacts import is_identity_key
 from shared.resources import Page
 from shared.roles import Role
 
-#: Whether a deployment awaits an agent: ``(session, agent_id, env_id, active_digest)``.
-#: The delivery domain provides it (the ``deployment_pending`` dependency); this domain does
-#: not read delivery's tables.
-PendingDeployment: TypeAlias = Callable[[AsyncSession, str, str, str | None], Awaitable[bool]]
-
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from controlplane.agents.fleetview import FleetView
     from controlplane.agents.heartbeats import HeartbeatBuffer
     from controlplane.auth.principal import AgentPrincipal, Principal
     from controlplane.jobs import Jobs
@@ -49,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ObservedBundle",
-    "PendingDeployment",
     "agent_record",
     "delete_agent",
     "get_agent",
@@ -207,6 +202,7 @@ async def delete_agent(
     row = await _agent_row(session, env.id, agent_id)
     await session.delete(row)
     await jobs.enqueue(RECONCILE_ENVIRONMENT, {"environment_id": env.id, "agent_id": agent_id})
+    mark_changed(session, AGENT_KEYS, FLEET)  # cached keys go at once
     await session.commit()
 
 
@@ -228,19 +224,17 @@ async def request_key_rotation(
 
 
 async def own_record(
-    session: AsyncSession, agent: AgentPrincipal, settings: Settings, buffer: HeartbeatBuffer
+    session: AsyncSession,
+    agent: AgentPrincipal,
+    settings: Settings,
+    buffer: HeartbeatBuffer,
+    fleet: FleetView,
 ) -> AgentRecord:
     row = await session.get(AgentRow, agent.agent_id)
-    if row is None:  # pragma: no cover - the key lookup joined the agent row
+    if row is None:
         raise NotFound(f"No agent {agent.agent_id}")
-    desired = await desired_state(session, row.env_id)
-    return agent_record(
-        row,
-        settings,
-        buffer,
-        desired.bundle_digest if desired else None,
-        scopes=sorted(agent.scopes),
-    )
+    view = await fleet.environment(agent.org_id, row.env_id)
+    return agent_record(row, settings, buffer, view.desired_digest, scopes=sorted(agent.scopes))
 
 
 async def register_identity_key(
@@ -271,13 +265,6 @@ async def register_identity_key(
     return IdentityKey(public_key=registered)
 
 
-async def latest_keyset_version(session: AsyncSession, org_id: str) -> int:
-    version = await session.scalar(
-        select(func.max(KeySetRow.version)).where(KeySetRow.org_id == org_id)
-    )
-    return int(version or 0)
-
-
 async def receive_heartbeat(
     session: AsyncSession,
     agent: AgentPrincipal,
@@ -285,18 +272,23 @@ async def receive_heartbeat(
     settings: Settings,
     buffer: HeartbeatBuffer,
     kek: KeyEncryptionKey,
-    deployment_pending: PendingDeployment,
+    fleet: FleetView,
 ) -> HeartbeatResponse:
-    """Buffer the heartbeat (no write) and tell the agent what awaits it."""
+    """Buffer the heartbeat (no write) and tell the agent what awaits it.
+
+    The answer comes from the environment's cached view; only an agent with a rotated key
+    waiting for it costs a read of its own.
+    """
     now = utcnow()
     buffer.record(agent.agent_id, now, heartbeat)
-    pending = await deployment_pending(
-        session, agent.agent_id, agent.env_id, heartbeat.active_bundle_digest
-    )
+    view = await fleet.environment(agent.org_id, agent.env_id)
+    rotated = None
+    if agent.agent_id in view.pending_keys:
+        rotated = await pending_key_secret(session, kek, agent.agent_id)
     return HeartbeatResponse(
         next_interval_seconds=settings.agent_heartbeat_interval_seconds,
-        deployment_pending=pending,
-        keyset_version=await latest_keyset_version(session, agent.org_id),
-        rotated_api_key=await pending_key_secret(session, kek, agent.agent_id),
+        deployment_pending=view.deployment_pending(agent.agent_id, heartbeat.active_bundle_digest),
+        keyset_version=view.keyset_version,
+        rotated_api_key=rotated,
         server_time=now,
     )

@@ -145,7 +145,7 @@ class LoginController(Controller):
     @get(
         "/callback",
         summary="Finish the login: exchange the code, verify the ID token, issue a session token",
-        opt={"exclude_from_auth": True},
+        opt={"exclude_from_auth": True, "transaction": "write"},
         security=[],
         description=(
             "Checks state against the login cookie (once), redeems the code with the PKCE "

@@ -14,6 +14,7 @@ authenticates that changes anything (not GET/HEAD/OPTIONS) must come from this o
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -21,14 +22,17 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from controlplane.agents.keys import authenticate_agent_key
 from controlplane.auth.login import SESSION_COOKIE
-from controlplane.auth.principal import EnrollmentCredential
-from controlplane.auth.secrets import TokenKind
+from controlplane.auth.principal import AgentPrincipal, EnrollmentCredential
+from controlplane.auth.secrets import TokenKind, digest_token
 from controlplane.auth.service import authenticate_bearer
+from controlplane.db.scoped import authentication_read, close_request_session
 from controlplane.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
+    from litestar.types import Receive, Scope, Send
 
+    from controlplane.agents.keycache import AgentKeyCache
     from controlplane.db import Database
     from controlplane.settings import Settings
 
@@ -75,6 +79,28 @@ def check_same_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
 
 
 class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Owns the request's one database session (shared by authentication and the handler).
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await close_request_session(scope)
+
+    @staticmethod
+    async def _agent(
+        connection: ASGIConnection[Any, Any, Any, Any], database: Database, token: str
+    ) -> AgentPrincipal:
+        """The agent of an agent key: from the key cache, else from the database."""
+        cache: AgentKeyCache = connection.app.state.agent_keys
+        digest = digest_token(token)
+        agent = cache.get(digest)
+        if agent is None:
+            read_at = time.monotonic()
+            async with authentication_read(connection.scope, database) as session:
+                agent = await authenticate_agent_key(session, token)
+            cache.put(digest, agent, read_at)
+        return agent
+
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
@@ -85,21 +111,20 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
         if wanted == "bearer" and cookie and "authorization" not in connection.headers:
             if TokenKind.of(cookie) is not TokenKind.SESSION:
                 raise Unauthorized("The session cookie does not hold a session token")
-            async with database.sessionmaker() as session:
+            async with authentication_read(connection.scope, database) as session:
                 principal = await authenticate_bearer(session, cookie)
             check_same_origin(connection)
             return AuthenticationResult(user=principal, auth=principal.token_id)
         token = presented_token(connection)
         kind = TokenKind.of(token)
         if wanted == "bearer" and kind in BEARER_KINDS:
-            async with database.sessionmaker() as session:
+            async with authentication_read(connection.scope, database) as session:
                 principal = await authenticate_bearer(session, token)
             return AuthenticationResult(user=principal, auth=principal.token_id)
         if wanted == "enrollment" and kind is TokenKind.ENROLLMENT:
             return AuthenticationResult(user=EnrollmentCredential(token), auth=None)
         if wanted == "agent" and kind is TokenKind.AGENT_KEY:
-            async with database.sessionmaker() as session:
-                agent = await authenticate_agent_key(session, token)
+            agent = await self._agent(connection, database, token)
             if connection.path_params.get("agent_id") != agent.agent_id:
                 raise Unauthorized("This agent key belongs to another agent")
             scope = opt.get("scope")

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from controlplane.db.engine import Database, create_database
+from controlplane.db.engine import (
+    Database,
+    ReadOnlyTransaction,
+    begin_write,
+    create_database,
+    mark_changed,
+)
 from controlplane.db.models import Base
 
-__all__ = ["Base", "Database", "create_database"]
+__all__ = [
+    "Base",
+    "Database",
+    "ReadOnlyTransaction",
+    "begin_write",
+    "create_database",
+    "mark_changed",
+]

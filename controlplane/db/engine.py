@@ -1,16 +1,23 @@
-"""The async engine and session factory.
+"""The async engine, its two session factories, and local change notices.
 
 SQLite is tuned for durability and correctness: WAL journal, ``synchronous=FULL``, foreign keys
-enforced (cascades depend on them), a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction so
-that concurrent writers queue on the busy timeout instead of failing with "database is locked" when
-a read transaction tries to upgrade to a write.
+enforced (cascades depend on them) and a busy timeout. Writers begin ``BEGIN IMMEDIATE``, so that
+concurrent writers queue on the busy timeout instead of failing with "database is locked" when a
+read transaction tries to upgrade to a write. Readers (``Database.readers``) begin a plain deferred
+transaction: under WAL they take no lock, never wait for a writer and never make one wait.
+
+A reader session that must write (rarely: the first use of a rotated agent key, a manifest issued
+on a deployment check) calls :func:`begin_write` at the start of a fresh transaction. A write
+statement in a read transaction is a programming error and raises :class:`ReadOnlyTransaction`,
+on every backend, so tests catch it long before it could become a busy error under load.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -21,17 +28,79 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-__all__ = ["Database", "create_database"]
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = [
+    "AGENT_KEYS",
+    "FLEET",
+    "ChangeFeed",
+    "Database",
+    "ReadOnlyTransaction",
+    "begin_write",
+    "create_database",
+    "ensure_writable",
+    "mark_changed",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Change topic: an agent key was revoked, replaced or deleted here.
+AGENT_KEYS = "agent_keys"
+#: Change topic: what a heartbeat answers changed (desired state, waiting manifests, rotated
+#: keys, signing key sets).
+FLEET = "fleet"
+#: Execution option marking a connection's transaction as read-only.
+READ_ONLY = "byteor_read_only"
+#: Statements a read transaction may run.
+_READ_VERBS = frozenset(
+    {
+        "BEGIN",
+        "SELECT",
+        "WITH",
+        "PRAGMA",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK",
+        "COMMIT",
+        "SHOW",
+        "SET",
+    }
+)
+
+
+class ReadOnlyTransaction(RuntimeError):
+    """A write statement ran in a read transaction; call :func:`begin_write` first."""
+
+
+class ChangeFeed:
+    """Counters of local changes by topic, bumped after the committing transaction commits.
+
+    In-process caches compare a topic's counter with the one they saw when they filled an
+    entry, so a change made in this process shows at once; changes made by other processes
+    show when the entry's time-to-live runs out.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def version(self, topic: str) -> int:
+        return self._counts[topic]
+
+    def bump(self, *topics: str) -> None:
+        for topic in topics:
+            self._counts[topic] += 1
 
 
 @dataclass(frozen=True, slots=True)
 class Database:
-    """An engine and the session factory bound to it."""
+    """An engine, its writer and reader session factories, and the local change feed."""
 
     engine: AsyncEngine
+    #: Sessions whose transactions may write (``BEGIN IMMEDIATE`` on SQLite).
     sessionmaker: async_sessionmaker[AsyncSession]
+    #: Sessions whose transactions only read (deferred on SQLite: no lock taken).
+    readers: async_sessionmaker[AsyncSession]
+    changes: ChangeFeed = field(default_factory=ChangeFeed)
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
@@ -52,7 +121,64 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _guard_reads(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before_execute(
+        connection: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        if not connection.get_execution_options().get(READ_ONLY):
+            return
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        if verb not in _READ_VERBS:
+            raise ReadOnlyTransaction(
+                f"{verb} in a read transaction: call begin_write(session) before writing"
+            )
+
+
+async def begin_write(session: AsyncSession) -> None:
+    """Start the session's next transaction as a writer (``BEGIN IMMEDIATE`` on SQLite).
+
+    Call it with no transaction open (after a commit or rollback, or before the first
+    statement); a session from ``Database.sessionmaker`` is a writer already.
+    """
+    if session.in_transaction():
+        raise RuntimeError("begin_write needs a session with no transaction open")
+    await session.connection(execution_options={READ_ONLY: False})
+
+
+async def ensure_writable(session: AsyncSession) -> None:
+    """Make sure the session's current transaction may write.
+
+    A read transaction ends (rolled back: loaded rows expire, so keep plain values) and a write
+    transaction begins; a write transaction goes on as it is.
+    """
+    if session.in_transaction():
+        connection = (await session.connection()).sync_connection
+        if connection is None or not connection.get_execution_options().get(READ_ONLY):
+            return
+        await session.rollback()
+    await begin_write(session)
+
+
+def mark_changed(session: AsyncSession, *topics: str) -> None:
+    """Bump ``topics`` on the local change feed once the session's transaction commits."""
+    feed = session.info.get("changes")
+    if not isinstance(feed, ChangeFeed):
+        return
+    pending: set[str] = session.info.setdefault("changed_topics", set())
+    if not pending:
+
+        def after_commit(sync_session: Session) -> None:
+            feed.bump(*sync_session.info.pop("changed_topics", ()))
+
+        event.listen(session.sync_session, "after_commit", after_commit, once=True)
+    pending.update(topics)
 
 
 def create_database(url: str, *, echo: bool = False) -> Database:
@@ -66,7 +192,17 @@ def create_database(url: str, *, echo: bool = False) -> Database:
         _tune_sqlite(engine)
     else:
         engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
+    _guard_reads(engine)
+    changes = ChangeFeed()
+    info = {"changes": changes}
     return Database(
         engine=engine,
-        sessionmaker=async_sessionmaker(engine, expire_on_commit=False, autoflush=False),
+        sessionmaker=async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info),
+        readers=async_sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}),
+            expire_on_commit=False,
+            autoflush=False,
+            info=info,
+        ),
+        changes=changes,
     )

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
+from sqlalchemy.orm import aliased
 
 from controlplane.agents.service import observed_bundle
+from controlplane.db.engine import begin_write
 from controlplane.db.models import AgentRow, ConfigBundleRow, DeploymentRow, DeploymentTargetRow
 from controlplane.db.types import utcnow
 from controlplane.delivery.rollout import issue_manifest
@@ -46,11 +48,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Served",
-    "deployment_pending",
     "latest_sequence",
     "latest_target",
     "manifest_for",
     "retry_delay",
+    "waiting_agents",
 ]
 
 
@@ -216,6 +218,7 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     # Decide again under locks: another process may have just issued this agent a manifest.
     planned = deployment.id
     await session.rollback()  # expires every loaded row: only plain values survive it
+    await begin_write(session)  # a deployment check reads; issuing a manifest writes
     await session.execute(
         select(DeploymentRow.id).where(DeploymentRow.id == planned).with_for_update()
     )
@@ -244,12 +247,19 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     return served
 
 
-async def deployment_pending(
-    session: AsyncSession, agent_id: str, env_id: str, active_digest: str | None
-) -> bool:
-    """For heartbeats: a manifest waits for the agent, or it does not run the desired bundle."""
-    latest = await latest_target(session, agent_id)
-    if latest is not None and latest.status == TargetStatus.ISSUED:
-        return True
-    desired = await desired_state(session, env_id)
-    return desired is not None and desired.bundle_digest != active_digest
+async def waiting_agents(session: AsyncSession, env_id: str) -> frozenset[str]:
+    """The environment's agents whose newest manifest still waits for them (``issued``)."""
+    newer = aliased(DeploymentTargetRow)
+    rows = await session.scalars(
+        select(DeploymentTargetRow.agent_id)
+        .join(DeploymentRow, DeploymentRow.id == DeploymentTargetRow.deployment_id)
+        .where(
+            DeploymentRow.env_id == env_id,
+            DeploymentTargetRow.status == TargetStatus.ISSUED,
+            ~exists().where(
+                newer.agent_id == DeploymentTargetRow.agent_id,
+                newer.sequence > DeploymentTargetRow.sequence,
+            ),
+        )
+    )
+    return frozenset(rows)

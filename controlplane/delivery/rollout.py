@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from controlplane.agents.service import online_agent_ids
 from controlplane.bundles.service import build_bundle_now, new_bundle_row
+from controlplane.db.engine import FLEET, mark_changed
 from controlplane.db.models import (
     AgentRow,
     ApprovalRow,
@@ -148,6 +149,7 @@ async def issue_manifest(
     agent = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
     if agent is None:
         return None
+    mark_changed(session, FLEET)  # heartbeats of this process tell the agent at once
     agent.manifest_sequence += 1
     now = utcnow()
     approvals = await session.scalars(

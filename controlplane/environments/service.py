@@ -10,6 +10,7 @@ from msgspec import UNSET
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from controlplane.db.engine import AGENT_KEYS, FLEET, mark_changed
 from controlplane.db.models import EnvironmentRow
 from controlplane.errors import Conflict, NotFound
 from controlplane.orgs.access import authorize
@@ -180,6 +181,7 @@ async def delete_environment(
     await authorize(session, caller, org_id, Role.ADMIN)
     row = await get_environment_row(session, org_id, project_id, env_id)
     await session.delete(row)
+    mark_changed(session, AGENT_KEYS, FLEET)  # cached keys go at once
     await session.commit()
 
 
@@ -221,6 +223,7 @@ async def set_desired_state(
     Only the delivery domain calls this, from its lifecycle: when a deployment becomes
     ``active`` and when a rollback restores an earlier one.
     """
+    mark_changed(session, FLEET)
     row = await session.get(EnvironmentRow, env_id)
     if row is None:
         raise NotFound(f"No environment {env_id}")

@@ -8,6 +8,7 @@ from msgspec import UNSET
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from controlplane.db.engine import AGENT_KEYS, FLEET, mark_changed
 from controlplane.db.models import ProjectRow
 from controlplane.errors import Conflict, NotFound
 from controlplane.orgs.access import authorize
@@ -128,4 +129,5 @@ async def delete_project(
     await authorize(session, caller, org_id, Role.ADMIN)
     row = await get_project_row(session, org_id, project_id)
     await session.delete(row)
+    mark_changed(session, AGENT_KEYS, FLEET)  # cached keys go at once
     await session.commit()

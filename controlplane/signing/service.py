@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy import func, or_, select
 
+from controlplane.db.engine import FLEET, ensure_writable, mark_changed
 from controlplane.db.models import KeySetRow, OrganizationRow, SigningKeyRow
 from controlplane.db.types import utcnow
 from shared.pipelines import SigningKeyInfo, SigningKeys
@@ -111,6 +112,7 @@ async def _publish(
     keyset = KeySet(org_id=org_id, version=version, keys=keys, issued_at=int(now.timestamp()))
     envelope = sign_keyset(keyset, signers)
     session.add(KeySetRow(org_id=org_id, version=version, envelope=msgspec.to_builtins(envelope)))
+    mark_changed(session, FLEET)  # heartbeats announce the new key-set version
     await session.flush()
 
 
@@ -147,14 +149,22 @@ async def sign_for_org(
 
 
 async def current_keyset(session: AsyncSession, kek: KeyEncryptionKey, org_id: str) -> Envelope:
-    """The newest signed public key set of the organization."""
-    await ensure_org_key(session, kek, org_id)
-    row = await session.scalar(
+    """The newest signed public key set of the organization (created on first use).
+
+    Usually a read; only an organization's very first use writes (in a write transaction,
+    also from a reading route).
+    """
+    newest = (
         select(KeySetRow)
         .where(KeySetRow.org_id == org_id)
         .order_by(KeySetRow.version.desc())
         .limit(1)
     )
+    row = await session.scalar(newest)
+    if row is None:
+        await ensure_writable(session)
+        await ensure_org_key(session, kek, org_id)
+        row = await session.scalar(newest)
     if row is None:  # pragma: no cover - ensure_org_key publishes one
         raise RuntimeError("organization has keys but no key set")
     return msgspec.convert(row.envelope, Envelope)

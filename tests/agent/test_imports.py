@@ -1,20 +1,54 @@
-"""The agent stays light: it never imports the control plane or its server-side dependencies."""
+"""The agent stays light: it never imports the control plane or its server-side dependencies.
+
+This runs in the full test install, where every server package *is* installed, so it checks the
+agent's own imports; ``tests/test_lean_install.py`` checks a host install that has none of them.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-FORBIDDEN = ("controlplane", "litestar", "sqlalchemy")
+#: What a host process must never load (click, rich and pygments come in with httpx's CLI).
+FORBIDDEN = (
+    "controlplane",
+    "litestar",
+    "sqlalchemy",
+    "alembic",
+    "uvicorn",
+    "aiosqlite",
+    "asyncpg",
+    "click",
+    "rich",
+    "pygments",
+)
 
 
-def test_agent_does_not_import_the_control_plane() -> None:
+def loaded_after(imports: str) -> list[str]:
     code = (
         "import sys\n"
-        "import agent.client, agent.errors, agent.retry, agent.settings, agent.state\n"
+        f"{imports}\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN!r})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert result.stdout.strip() == "[]"
+    return list(eval(result.stdout.strip()))  # noqa: S307 - our own printed list
+
+
+def test_no_agent_module_imports_the_server_stack() -> None:
+    imports = (
+        "import pkgutil, importlib, agent\n"
+        "for info in pkgutil.walk_packages(agent.__path__, 'agent.'):\n"
+        "    importlib.import_module(info.name)\n"
+    )
+    assert loaded_after(imports) == []
+
+
+def test_the_daemon_entry_points_import_nothing_of_the_server_stack() -> None:
+    assert loaded_after("import agent.cli, agent.daemon, agent.activation") == []
+
+
+def test_the_check_itself_sees_a_forbidden_import() -> None:
+    """Guard the guard: importing the control plane is reported."""
+    assert "litestar" in loaded_after("import agent.cli, controlplane.app")

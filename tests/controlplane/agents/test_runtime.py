@@ -276,7 +276,11 @@ async def test_an_agent_stays_online_while_its_heartbeat_is_being_written(stack:
         async with stack.database.sessionmaker() as session:
             yield session
 
-    database = Database(engine=stack.database.engine, sessionmaker=observed_session)  # type: ignore[arg-type]
+    database = Database(
+        engine=stack.database.engine,
+        sessionmaker=observed_session,  # type: ignore[arg-type]
+        readers=stack.database.readers,
+    )
     buffer = HeartbeatBuffer(database, flush_seconds=60)
     buffer.record(agent["agent_id"], utcnow(), msgspec.convert(heartbeat(7), Heartbeat))
     assert await buffer.flush() == 1

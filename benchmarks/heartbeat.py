@@ -1,0 +1,118 @@
+"""(a) Heartbeat ingestion against the same server's ``/healthz``, same load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.agents import enroll_many
+from benchmarks.harness import bootstrap, control_plane
+from benchmarks.load import LoadResult, request_bytes, run_load
+
+TARGET_RATIO = 0.7
+
+
+def _row(name: str, result: LoadResult) -> dict[str, Any]:
+    return {
+        "route": name,
+        "requests": result.requests,
+        "errors": result.errors,
+        "rps": round(result.rps, 1),
+        "p50_ms": round(result.p50_ms, 2),
+        "p99_ms": round(result.p99_ms, 2),
+        "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
+    }
+
+
+async def _measure(quick: bool, workdir: Path) -> dict[str, Any]:
+    connections = 8 if quick else 32
+    duration = 2.0 if quick else 10.0
+    with control_plane(workdir / "cp") as cp:
+        tenant = bootstrap(cp)
+        agents = await enroll_many(tenant, connections)
+        host = f"127.0.0.1:{cp.port}"
+        healthz = request_bytes("GET", "/healthz", host=host)
+
+        def heartbeat(i: int) -> bytes:
+            agent = agents[(i // 1_000_000) % len(agents)]
+            body = json.dumps(
+                {"sequence": i % 1_000_000 + 1, "agent_version": "bench", "uptime_seconds": 1.0}
+            ).encode()
+            return request_bytes(
+                "POST",
+                f"/api/v1/agents/{agent.agent_id}/heartbeat",
+                host=host,
+                headers={**agent.headers, "Content-Type": "application/json"},
+                body=body,
+            )
+
+        def own_record(i: int) -> bytes:
+            agent = agents[(i // 1_000_000) % len(agents)]
+            return request_bytes(
+                "GET", f"/api/v1/agents/{agent.agent_id}", host=host, headers=agent.headers
+            )
+
+        base = await run_load(
+            cp.port, lambda _i: healthz, connections=connections, duration=duration
+        )
+        beats = await run_load(cp.port, heartbeat, connections=connections, duration=duration)
+        record = await run_load(cp.port, own_record, connections=connections, duration=duration)
+        again = await run_load(
+            cp.port, lambda _i: healthz, connections=connections, duration=duration
+        )
+    baseline = max(base.rps, again.rps)
+    ratio = beats.rps / baseline if baseline else 0.0
+    return {
+        "connections": connections,
+        "seconds": duration,
+        "rows": [
+            _row("GET /healthz (baseline)", base),
+            _row("POST /api/v1/agents/{id}/heartbeat", beats),
+            _row("GET /api/v1/agents/{id}", record),
+            _row("GET /healthz (again)", again),
+        ],
+        "heartbeat_ratio": round(ratio, 3),
+        "own_record_ratio": round(record.rps / baseline if baseline else 0.0, 3),
+        "target_ratio": TARGET_RATIO,
+        "ok": ratio >= TARGET_RATIO and beats.errors == 0 and record.errors == 0,
+        "errors": beats.errors + record.errors,
+    }
+
+
+def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Headline rows: each agent route against ``/healthz`` in the same run."""
+    rows = {row["route"]: row for row in result["rows"]}
+    base = max(rows["GET /healthz (baseline)"]["rps"], rows["GET /healthz (again)"]["rps"])
+    out = []
+    for route, ratio_key, target in (
+        ("POST /api/v1/agents/{id}/heartbeat", "heartbeat_ratio", TARGET_RATIO),
+        ("GET /api/v1/agents/{id}", "own_record_ratio", None),
+    ):
+        row = rows[route]
+        out.append(
+            {
+                "measure": f"{route} req/s (p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms)",
+                "value": row["rps"],
+                "baseline": f"{base:,.0f} (/healthz)",
+                "ratio": result[ratio_key],
+                "target": f">= {target}x" if target else None,
+                "ok": (result[ratio_key] >= target and row["errors"] == 0) if target else None,
+            }
+        )
+    return out
+
+
+def run(quick: bool) -> dict[str, Any]:
+    keep = os.environ.get("BENCH_KEEP_DIR")
+    if keep:
+        return asyncio.run(_measure(quick, Path(keep)))
+    with tempfile.TemporaryDirectory(prefix="byteor-bench-hb-") as tmp:
+        return asyncio.run(_measure(quick, Path(tmp)))
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick=True), indent=2))

@@ -1,0 +1,198 @@
+"""Hot paths: agent routes take no write lock, open at most one session, and cache agent keys.
+
+Each test holds SQLite's write lock (or counts sessions) while the real app serves the route, so
+a route that took the lock, or read a key from the database on every beat, fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text, update
+from sqlalchemy.orm import Session
+
+from controlplane.app import create_app
+from controlplane.db import ReadOnlyTransaction, begin_write
+from controlplane.db.models import AgentKeyRow
+from controlplane.settings import Settings
+from tests.conftest import GENEROUS_RATE_LIMITS, Stack, Tree, in_process_client
+from tests.controlplane.agents.helpers import agent_headers, enrolled_agent
+from tests.controlplane.agents.test_runtime import heartbeat
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def sqlite_stack(tmp_path: Path, **overrides: Any) -> AsyncIterator[Stack]:
+    settings = Settings(
+        data_dir=tmp_path, heartbeat_flush_seconds=60, **{**GENEROUS_RATE_LIMITS, **overrides}
+    )
+    app = create_app(settings)
+    async with app.lifespan(), in_process_client(app) as client:
+        yield Stack(
+            client=client,
+            app=app,
+            database=app.state.database,
+            backend="sqlite",
+            settings=settings,
+        )
+
+
+@contextlib.asynccontextmanager
+async def write_lock_held(stack: Stack) -> AsyncIterator[None]:
+    """Hold SQLite's write lock (an open write transaction) for the duration of the block."""
+    async with stack.database.sessionmaker() as session:
+        await session.execute(text("UPDATE agents SET name = name WHERE 1 = 0"))
+        yield
+        await session.rollback()
+
+
+@contextlib.contextmanager
+def sessions_begun() -> Iterator[set[int]]:
+    """Every ORM session that began a transaction meanwhile (by identity)."""
+    begun: set[int] = set()
+
+    def after_begin(session: Session, *_: Any) -> None:
+        begun.add(id(session))
+
+    event.listen(Session, "after_begin", after_begin)
+    try:
+        yield begun
+    finally:
+        event.remove(Session, "after_begin", after_begin)
+
+
+async def beat(stack: Stack, agent: dict[str, Any], sequence: int) -> Any:
+    return await stack.call(
+        "POST",
+        f"/api/v1/agents/{agent['agent_id']}/heartbeat",
+        headers=agent_headers(agent),
+        json=heartbeat(sequence),
+    )
+
+
+async def test_agent_routes_answer_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    # Under the old "BEGIN IMMEDIATE for every transaction", each of these waited for the writer.
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=0) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        async with write_lock_held(stack):
+            answered = await asyncio.wait_for(beat(stack, agent, 1), timeout=5)
+            record = await asyncio.wait_for(
+                stack.call(
+                    "GET", f"/api/v1/agents/{agent['agent_id']}", headers=agent_headers(agent)
+                ),
+                timeout=5,
+            )
+            listed = await asyncio.wait_for(
+                stack.call("GET", f"{tree.env_path}/agents", tree.owner), timeout=5
+            )
+        assert answered.status_code == 200, answered.text
+        assert record.status_code == 200, record.text
+        assert listed.status_code == 200, listed.text
+
+
+async def test_a_heartbeat_opens_no_session_once_key_and_view_are_warm(tmp_path: Path) -> None:
+    async with sqlite_stack(tmp_path, fleet_view_ttl_seconds=10) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        with sessions_begun() as cold:
+            assert (await beat(stack, agent, 1)).status_code == 200
+        assert cold, "the first beat reads the key and the view"
+        with sessions_begun() as warm:
+            for sequence in range(2, 12):
+                assert (await beat(stack, agent, sequence)).status_code == 200
+        assert warm == set()
+        assert stack.app.state.agent_keys.hits >= 10
+
+
+async def test_a_bearer_request_uses_one_session_for_authentication_and_handler(
+    stack: Stack, tree: Tree
+) -> None:
+    with sessions_begun() as begun:
+        await stack.ok("GET", f"{tree.env_path}/agents", tree.owner)
+        await stack.ok("POST", f"{tree.project_path}/environments", tree.owner, json={"name": "qa"})
+    assert len(begun) == 2  # one per request
+
+
+async def test_a_key_revoked_by_another_process_stops_working_within_the_bound(
+    tmp_path: Path,
+) -> None:
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=1) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        assert (await beat(stack, agent, 1)).status_code == 200
+        # Another process revokes the key: a write this process's change feed never hears of.
+        async with stack.database.sessionmaker() as session:
+            await session.execute(
+                update(AgentKeyRow)
+                .where(AgentKeyRow.agent_id == agent["agent_id"])
+                .values(state="revoked")
+            )
+            await session.commit()
+        assert (await beat(stack, agent, 2)).status_code == 200  # still served from the cache
+        await asyncio.sleep(1.2)
+        refused = await beat(stack, agent, 3)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_background_sweep_drops_revoked_keys(tmp_path: Path) -> None:
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=5) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        assert (await beat(stack, agent, 1)).status_code == 200
+        cache = stack.app.state.agent_keys
+        assert len(cache) == 1
+        assert await cache.revalidate() == 0  # still active: kept
+        async with stack.database.sessionmaker() as session:
+            await session.execute(
+                update(AgentKeyRow)
+                .where(AgentKeyRow.agent_id == agent["agent_id"])
+                .values(state="revoked")
+            )
+            await session.commit()
+        assert await cache.revalidate() == 1
+        assert (await beat(stack, agent, 2)).status_code == 401
+
+
+async def test_deleting_an_agent_cuts_off_its_cached_key_at_once(stack: Stack, tree: Tree) -> None:
+    agent = await enrolled_agent(stack, tree)
+    assert (await beat(stack, agent, 1)).status_code == 200
+    assert (await beat(stack, agent, 2)).status_code == 200  # cached now
+    await stack.ok("DELETE", f"{tree.env_path}/agents/{agent['agent_id']}", tree.owner)
+    assert (await beat(stack, agent, 3)).status_code == 401
+
+
+async def test_deleting_the_environment_cuts_off_cached_keys_at_once(
+    stack: Stack, tree: Tree
+) -> None:
+    agent = await enrolled_agent(stack, tree)
+    assert (await beat(stack, agent, 1)).status_code == 200
+    await stack.ok("DELETE", tree.env_path, tree.owner)
+    assert (await beat(stack, agent, 2)).status_code == 401
+
+
+async def test_a_write_in_a_read_transaction_is_refused(stack: Stack) -> None:
+    async with stack.database.readers() as session:
+        assert (await session.execute(text("SELECT 1"))).scalar() == 1
+        with pytest.raises(ReadOnlyTransaction):
+            await session.execute(text("UPDATE agents SET name = name WHERE 1 = 0"))
+        await session.rollback()
+        await begin_write(session)
+        await session.execute(text("UPDATE agents SET name = name WHERE 1 = 0"))
+        await session.commit()
+
+
+async def test_a_reader_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    async with sqlite_stack(tmp_path) as stack, write_lock_held(stack):
+        async with stack.database.readers() as session:
+            count = await asyncio.wait_for(
+                session.scalar(text("SELECT count(*) FROM agents")), timeout=5
+            )
+        assert count == 0
