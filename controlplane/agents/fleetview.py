@@ -66,7 +66,9 @@ class FleetView:
         """The environment's view, read again when older than ``ttl`` or changed here.
 
         Concurrent callers share one read (its own short reader session), so a fleet whose
-        heartbeats all arrive as the view expires costs one read, not one per request.
+        heartbeats all arrive as the view expires costs one read, not one per request. Callers
+        must not hold a transaction of their own while they wait (the read needs a pooled
+        connection too).
         """
         version = self.database.changes.version(FLEET)
         view = self._views.get(env_id)

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane.db.models import AgentRow
@@ -24,12 +24,35 @@ from controlplane.db.models import AgentRow
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from controlplane.db import Database
     from shared.agents import Heartbeat
 
 __all__ = ["HeartbeatBuffer", "PendingHeartbeat"]
 
 logger = logging.getLogger("byteor.controlplane.heartbeats")
+
+_COLUMNS = (
+    "last_heartbeat_at",
+    "last_sequence",
+    "agent_version",
+    "status_reported",
+    "uptime_seconds",
+    "active_deployment_id",
+    "active_bundle_digest",
+    "resources",
+    "spool",
+)
+#: One Core statement for the whole batch (executemany, bypassing the ORM); an older sequence
+#: never overwrites a newer one.
+_AGENTS = cast("Table", AgentRow.__table__)
+_BATCH_UPDATE = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("b_id"), _AGENTS.c.last_sequence <= bindparam("b_sequence"))
+    .values({name: bindparam(name) for name in _COLUMNS})
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,27 +103,27 @@ class HeartbeatBuffer:
         return self._pending.get(agent_id) or self._flushing.get(agent_id)
 
     async def flush(self) -> int:
-        """Write every waiting heartbeat in one transaction; returns how many agents."""
+        """Write every waiting heartbeat in one transaction; returns how many agents.
+
+        One executemany of a single UPDATE (one round trip to the driver for the whole batch);
+        if the batch fails as a whole, the entries are written one by one so that a single
+        unwritable entry cannot hold back the rest of the fleet.
+        """
         if not self._pending:
             return 0
         batch, self._pending = self._pending, {}
         self._flushing = batch
         try:
+            rows = [
+                {"b_id": agent_id, "b_sequence": entry.heartbeat.sequence, **entry.columns()}
+                for agent_id, entry in batch.items()
+            ]
             async with self.database.sessionmaker() as session:
-                for agent_id, entry in batch.items():
-                    try:
-                        async with session.begin_nested():
-                            await session.execute(
-                                update(AgentRow)
-                                .where(
-                                    AgentRow.id == agent_id,
-                                    AgentRow.last_sequence <= entry.heartbeat.sequence,
-                                )
-                                .values(**entry.columns())
-                            )
-                    except (SQLAlchemyError, OverflowError, ValueError):
-                        # One unwritable entry must not hold back the rest of the fleet: drop it.
-                        logger.warning("dropping an unwritable heartbeat of agent %s", agent_id)
+                try:
+                    await session.execute(_BATCH_UPDATE, rows)
+                except (SQLAlchemyError, OverflowError, ValueError):
+                    await session.rollback()
+                    await self._write_one_by_one(session, rows)
                 await session.commit()
         except Exception:
             # Put the batch back (newer entries that arrived meanwhile win) and retry next tick.
@@ -111,6 +134,15 @@ class HeartbeatBuffer:
             self._flushing = {}
         self.flushes += 1
         return len(batch)
+
+    @staticmethod
+    async def _write_one_by_one(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                async with session.begin_nested():
+                    await session.execute(_BATCH_UPDATE, [row])
+            except (SQLAlchemyError, OverflowError, ValueError):
+                logger.warning("dropping an unwritable heartbeat of agent %s", row["b_id"])
 
     async def run(self) -> None:
         """Flush periodically until :meth:`shutdown`, then flush what is left."""

@@ -230,10 +230,11 @@ async def own_record(
     buffer: HeartbeatBuffer,
     fleet: FleetView,
 ) -> AgentRecord:
+    # The shared view first: waiting for it must not hold this request's connection.
+    view = await fleet.environment(agent.org_id, agent.env_id)
     row = await session.get(AgentRow, agent.agent_id)
     if row is None:
         raise NotFound(f"No agent {agent.agent_id}")
-    view = await fleet.environment(agent.org_id, row.env_id)
     return agent_record(row, settings, buffer, view.desired_digest, scopes=sorted(agent.scopes))
 
 

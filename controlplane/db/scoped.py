@@ -54,21 +54,20 @@ def request_session(scope: Scope, database: Database) -> AsyncSession:
 
 @asynccontextmanager
 async def authentication_read(scope: Scope, database: Database) -> AsyncIterator[AsyncSession]:
-    """The request's session for reading a credential, in a read transaction.
+    """The request's session for reading a credential, in a read transaction that ends after.
 
-    On a writing route the transaction ends right after, so the handler's write transaction
-    (and on SQLite its lock) starts only when the handler needs it, not while a request body
-    streams in. On a reading route the handler goes on in the same read transaction.
+    Ending it returns the connection to the pool before the handler runs: the handler's own
+    transaction (on a writing route, its lock) starts only when it needs it, not while a body
+    streams in, and a handler that waits on a shared read (the environment's heartbeat view)
+    holds no connection meanwhile, so a burst of requests cannot exhaust the pool.
     """
     session = request_session(scope, database)
-    writer = wants_write(scope)
-    if writer and not session.in_transaction():
+    if not session.in_transaction():
         await session.connection(execution_options={READ_ONLY: True})
     try:
         yield session
     finally:
-        if writer:
-            await session.rollback()
+        await session.rollback()
 
 
 async def close_request_session(scope: Scope) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -20,6 +20,9 @@ from controlplane.deps import Blobs, DbSession, authenticated_agent
 from controlplane.errors import NotFound
 from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
+
+if TYPE_CHECKING:
+    from controlplane.agents.fleetview import FleetView
 
 __all__ = ["AgentDeliveryController"]
 
@@ -52,9 +55,14 @@ class AgentDeliveryController(Controller):
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
     ) -> Response[Any]:
         agent = authenticated_agent(request)
+        fleet: FleetView = state.fleet
         deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
-        # The full convergence decision runs once per request; while waiting, only a change of
-        # the agent's newest manifest (one cheap indexed read) calls for deciding again.
+        # The full convergence decision runs once per request. While waiting, the agent's own
+        # newest manifest is read again only when something may have changed for it: it was
+        # woken in this process, the environment's shared view (one read per environment per
+        # second, not one per waiting agent) shows a manifest waiting for it, or the desired
+        # bundle changed.
+        desired = (await fleet.environment(agent.org_id, agent.env_id)).desired_digest
         newest = await latest_sequence(session, agent.agent_id)  # before deciding: no lost wake
         served = await manifest_for(session, delivery, agent.agent_id)
         while True:
@@ -66,7 +74,12 @@ class AgentDeliveryController(Controller):
             remaining = deadline - time.monotonic()
             if if_none_match != etag or remaining <= 0:
                 break
-            await state.agent_signals.wait(agent.agent_id, timeout=min(1.0, remaining))
+            woken = await state.agent_signals.wait(agent.agent_id, timeout=min(1.0, remaining))
+            view = await fleet.environment(agent.org_id, agent.env_id)
+            if not woken and agent.agent_id not in view.waiting and view.desired_digest == desired:
+                served = Served(served.sequence, served.manifest)
+                continue
+            desired = view.desired_digest
             now_newest = await latest_sequence(session, agent.agent_id)
             if now_newest != newest:
                 newest = now_newest

@@ -1,7 +1,8 @@
 """Wakes long-polling agents in this process when a manifest is issued to them.
 
-Other processes' long polls notice new manifests by re-reading the database at least once a
-second, so this is an optimisation, not a correctness requirement.
+Long polls in other processes notice new manifests through the environment's shared view
+(``FleetView``, read once per environment per second), so this is an optimisation, not a
+correctness requirement.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class AgentSignals:
             if event is not None:
                 event.set()
 
-    async def wait(self, agent_id: str, timeout: float) -> None:  # noqa: ASYNC109 - a bounded poll slice
-        """Return when ``agent_id`` is notified or after ``timeout`` seconds."""
+    async def wait(self, agent_id: str, timeout: float) -> bool:  # noqa: ASYNC109 - a bounded poll slice
+        """Wait until ``agent_id`` is notified (``True``) or ``timeout`` seconds pass (``False``)."""
         event = self._events.setdefault(agent_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout=timeout)
+        return event.is_set()

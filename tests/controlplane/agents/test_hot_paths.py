@@ -196,3 +196,50 @@ async def test_a_reader_does_not_wait_for_a_writer(tmp_path: Path) -> None:
                 session.scalar(text("SELECT count(*) FROM agents")), timeout=5
             )
         assert count == 0
+
+
+async def test_a_burst_larger_than_the_pool_never_waits_on_itself(tmp_path: Path) -> None:
+    """Cold caches and more concurrent agents than pooled connections: nothing deadlocks.
+
+    Each request reads its credential and then waits for the environment's shared view, which
+    needs a connection of its own; a request that kept its connection meanwhile would starve the
+    pool (5 + 10 connections) until the pool timeout.
+    """
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=0, fleet_view_ttl_seconds=0) as stack:
+        tree = await stack.tree()
+        agents = [await enrolled_agent(stack, tree) for _ in range(40)]
+
+        async def both(agent: dict[str, Any]) -> tuple[int, int]:
+            answered = await beat(stack, agent, 1)
+            record = await stack.call(
+                "GET", f"/api/v1/agents/{agent['agent_id']}", headers=agent_headers(agent)
+            )
+            return answered.status_code, record.status_code
+
+        results = await asyncio.wait_for(asyncio.gather(*(both(a) for a in agents)), timeout=20)
+        assert set(results) == {(200, 200)}
+
+
+async def test_one_unwritable_heartbeat_does_not_hold_back_the_batch(
+    stack: Stack, tree: Tree
+) -> None:
+    from controlplane.agents.heartbeats import HeartbeatBuffer
+    from controlplane.db.models import AgentRow
+    from controlplane.db.types import utcnow
+    from shared.agents import Heartbeat
+
+    good = await enrolled_agent(stack, tree)
+    bad = await enrolled_agent(stack, tree)
+    buffer = HeartbeatBuffer(stack.database, flush_seconds=60)
+    buffer.record(good["agent_id"], utcnow(), Heartbeat(sequence=5, agent_version="ok"))
+    # Built directly, past the API's bounds: no database integer column holds it.
+    buffer.record(bad["agent_id"], utcnow(), Heartbeat(sequence=2**70, agent_version="bad"))
+    assert await buffer.flush() == 2
+    async with stack.database.sessionmaker() as session:
+        written = await session.get(AgentRow, good["agent_id"])
+        dropped = await session.get(AgentRow, bad["agent_id"])
+        assert written is not None
+        assert dropped is not None
+        assert (written.last_sequence, written.agent_version) == (5, "ok")
+        assert dropped.last_sequence == 0
+    assert buffer.pending(good["agent_id"]) is None
