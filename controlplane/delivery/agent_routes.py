@@ -79,9 +79,10 @@ class AgentDeliveryController(Controller):
             if not woken and agent.agent_id not in view.waiting and view.desired_digest == desired:
                 served = Served(served.sequence, served.manifest)
                 continue
+            moved_on = view.desired_digest != desired  # converge now, not at the next poll
             desired = view.desired_digest
             now_newest = await latest_sequence(session, agent.agent_id)
-            if now_newest != newest:
+            if now_newest != newest or moved_on:
                 newest = now_newest
                 served = await manifest_for(session, delivery, agent.agent_id)
             else:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from controlplane.agents.service import online_agent_ids
 from controlplane.bundles.service import build_bundle_now, new_bundle_row
@@ -43,10 +43,14 @@ from controlplane.errors import Conflict, NotFound
 from controlplane.jobs import PermanentJobError
 from controlplane.jobs.engine import enqueue
 from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
-from controlplane.signing.service import sign_for_org
+from controlplane.signing.service import signing_keys
 from shared.deployments import DeploymentReport, ManifestApproval, ManifestPayload
+from shared.signing import sign_payload
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from litestar.datastructures import State
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from controlplane.jobs import JobContext
     from controlplane.settings import Settings
     from controlplane.signing.kek import KeyEncryptionKey
+    from shared.signing import Envelope
 
 __all__ = [
     "ROLLOUT_JOB",
@@ -78,7 +83,7 @@ SYSTEM = "system"
 class Delivery:
     """What the delivery functions need besides a session: keys, settings, heartbeats."""
 
-    __slots__ = ("heartbeats", "kek", "settings")
+    __slots__ = ("_signers", "heartbeats", "kek", "settings")
 
     def __init__(
         self, kek: KeyEncryptionKey, settings: Settings, heartbeats: HeartbeatBuffer | None
@@ -86,6 +91,18 @@ class Delivery:
         self.kek = kek
         self.settings = settings
         self.heartbeats = heartbeats
+        self._signers: dict[str, list[tuple[str, Ed25519PrivateKey]]] = {}
+
+    async def sign(
+        self, session: AsyncSession, org_id: str, payload: Mapping[str, Any]
+    ) -> Envelope:
+        """Sign with the organization's valid keys, read and unsealed once per request or job
+        (a rollout signs a manifest per agent; the keys do not change within one)."""
+        signers = self._signers.get(org_id)
+        if signers is None:
+            signers = await signing_keys(session, self.kek, org_id)
+            self._signers[org_id] = signers
+        return sign_payload(payload, signers)
 
     @classmethod
     def of(cls, context: JobContext) -> Delivery:
@@ -182,9 +199,7 @@ async def issue_manifest(
             for a in approvals
         ],
     )
-    envelope = await sign_for_org(
-        session, delivery.kek, deployment.org_id, msgspec.to_builtins(payload)
-    )
+    envelope = await delivery.sign(session, deployment.org_id, msgspec.to_builtins(payload))
     target = await session.get(DeploymentTargetRow, (deployment.id, agent_id, phase))
     if target is None:
         target = DeploymentTargetRow(
@@ -492,6 +507,21 @@ async def fail(
         deployment.superseded_by = current.id
 
 
+async def _deploy_tally(
+    session: AsyncSession, deployment: DeploymentRow
+) -> dict[TargetStatus, int]:
+    await session.flush()  # the session does not autoflush; count what was just changed
+    rows = await session.execute(
+        select(DeploymentTargetRow.status, func.count())
+        .where(
+            DeploymentTargetRow.deployment_id == deployment.id,
+            DeploymentTargetRow.phase == TargetPhase.DEPLOY,
+        )
+        .group_by(DeploymentTargetRow.status)
+    )
+    return {TargetStatus(status): int(n) for status, n in rows.all()}
+
+
 def _outcomes(targets: list[DeploymentTargetRow]) -> str:
     counts: dict[str, int] = {}
     for target in targets:
@@ -502,19 +532,26 @@ def _outcomes(targets: list[DeploymentTargetRow]) -> str:
 async def reconcile(session: AsyncSession, delivery: Delivery, deployment: DeploymentRow) -> None:
     """Recompute an in-flight deployment's status from its targets (no commit)."""
     if deployment.status == DeploymentStatus.DEPLOYING:
+        # Counted in the database, not loaded: every report of a large rollout reconciles.
         # A target another rollout took over (cancelled) is no longer waited for.
-        deploy = [
-            t
-            for t in await _targets(session, deployment, TargetPhase.DEPLOY)
-            if t.status != TargetStatus.CANCELLED
-        ]
-        failed = [t for t in deploy if t.status == TargetStatus.FAILED]
-        if failed:
-            first = failed[0]
+        tally = await _deploy_tally(session, deployment)
+        waited = sum(n for status, n in tally.items() if status != TargetStatus.CANCELLED)
+        if tally.get(TargetStatus.FAILED):
+            first = await session.scalar(
+                select(DeploymentTargetRow)
+                .where(
+                    DeploymentTargetRow.deployment_id == deployment.id,
+                    DeploymentTargetRow.phase == TargetPhase.DEPLOY,
+                    DeploymentTargetRow.status == TargetStatus.FAILED,
+                )
+                .order_by(DeploymentTargetRow.agent_id)
+                .limit(1)
+            )
+            assert first is not None  # noqa: S101 - counted just now, under the deployment lock
             await fail(
                 session, delivery, deployment, f"agent {first.agent_id}: {first.reason or 'failed'}"
             )
-        elif all(t.status == TargetStatus.ACTIVE for t in deploy):
+        elif tally.get(TargetStatus.ACTIVE, 0) == waited:
             bundle = await session.get(ConfigBundleRow, deployment.config_bundle_id)
             await transition(
                 session,
@@ -522,8 +559,8 @@ async def reconcile(session: AsyncSession, delivery: Delivery, deployment: Deplo
                 DeploymentStatus.ACTIVE,
                 actor=SYSTEM,
                 reason=(
-                    f"every target is active ({len(deploy)})"
-                    if deploy
+                    f"every target is active ({waited})"
+                    if waited
                     else "every target moved on to a newer deployment"
                     if deployment.agent_ids
                     else "no agent was online; agents converge when they check in"
@@ -582,5 +619,6 @@ async def apply_report(
     if reported is TargetStatus.ACTIVATING and current is TargetStatus.ACTIVATING:
         return
     move_target(target, reported, report.reason)
-    await reconcile(session, delivery, deployment)
+    if reported is not TargetStatus.ACTIVATING:  # still unfinished: nothing to decide yet
+        await reconcile(session, delivery, deployment)
     await session.commit()
