@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 from typing import TYPE_CHECKING, BinaryIO, Final, Literal, NamedTuple, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
@@ -114,6 +115,19 @@ def _read_problem(response: httpx.Response, secret: str, content: bytes | None =
     return problem
 
 
+def tls_verification(base_url: str) -> ssl.SSLContext | bool:
+    """How the client verifies TLS for ``base_url``.
+
+    ``https``: the default CA bundle. A plain ``http`` control plane never speaks TLS, so its
+    client gets a context that trusts no certificate at all instead: no CA bundle is parsed
+    (about 1.5 MiB of the agent's memory), and should a TLS connection ever be attempted it
+    fails closed rather than unverified.
+    """
+    if urlsplit(base_url).scheme.lower() == "https":
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, with nothing trusted
+
+
 class ControlPlaneClient:
     """Calls the control plane's agent API with retries and typed errors.
 
@@ -146,6 +160,7 @@ class ControlPlaneClient:
             timeout=httpx.Timeout(settings.http_timeout_seconds),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             transport=transport,
+            verify=tls_verification(settings.api_base_url),
         )
 
     async def __aenter__(self) -> Self:

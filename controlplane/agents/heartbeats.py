@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from sqlalchemy import bindparam, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from controlplane.db.models import AgentRow
 
@@ -121,6 +121,8 @@ class HeartbeatBuffer:
             async with self.database.sessionmaker() as session:
                 try:
                     await session.execute(_BATCH_UPDATE, rows)
+                except OperationalError:
+                    raise  # the database is busy or gone, not the data: retry the whole batch
                 except (SQLAlchemyError, OverflowError, ValueError):
                     await session.rollback()
                     await self._write_one_by_one(session, rows)
@@ -141,6 +143,8 @@ class HeartbeatBuffer:
             try:
                 async with session.begin_nested():
                     await session.execute(_BATCH_UPDATE, [row])
+            except OperationalError:
+                raise
             except (SQLAlchemyError, OverflowError, ValueError):
                 logger.warning("dropping an unwritable heartbeat of agent %s", row["b_id"])
 

@@ -158,72 +158,118 @@ async def issue_manifest(
     bundle: ConfigBundleRow,
     phase: TargetPhase,
 ) -> DeploymentTargetRow | None:
-    """Sign a manifest with the agent's next sequence and record it on the target (no commit).
+    """Sign a manifest for one agent; see :func:`issue_manifests`."""
+    issued = await issue_manifests(session, delivery, deployment, [agent_id], bundle, phase)
+    return issued.get(agent_id)
+
+
+#: Agents locked and issued per batch of statements (bounded ``IN`` lists).
+_ISSUE_BATCH = 500
+
+
+async def issue_manifests(
+    session: AsyncSession,
+    delivery: Delivery,
+    deployment: DeploymentRow,
+    agent_ids: list[str],
+    bundle: ConfigBundleRow,
+    phase: TargetPhase,
+) -> dict[str, DeploymentTargetRow]:
+    """Sign a manifest with each agent's next sequence and record it on its target (no commit).
 
     A target that already exists (a convergence retry) gets the fresh manifest and counts one
-    more attempt. Returns ``None`` when the agent no longer exists.
+    more attempt. Agents that no longer exist are left out of the result. The work is done in
+    a few statements per batch of agents, not several per agent: a rollout to thousands of
+    hosts runs while the same event loop serves their heartbeats.
     """
-    agent = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
-    if agent is None:
-        return None
-    mark_changed(session, FLEET)  # heartbeats of this process tell the agent at once
-    agent.manifest_sequence += 1
-    now = utcnow()
-    approvals = await session.scalars(
-        select(ApprovalRow)
-        .where(
-            ApprovalRow.deployment_id == deployment.id,
-            ApprovalRow.status == ApprovalStatus.APPROVED,
-        )
-        .order_by(ApprovalRow.id)
-    )
-    payload = ManifestPayload(
-        deployment_id=deployment.id,
-        agent_id=agent_id,
-        org_id=deployment.org_id,
-        environment_id=deployment.env_id,
-        sequence=agent.manifest_sequence,
-        bundle_id=bundle.id,
-        bundle_digest=bundle.digest or "",
-        bundle_size=bundle.size or 0,
-        spec_hash=bundle.spec_hash,
-        issued_at=int(now.timestamp()),
-        expires_at=int(now.timestamp()) + delivery.settings.manifest_ttl_seconds,
-        action="rollback" if phase is TargetPhase.ROLLBACK else "deploy",
-        approvals=[
-            ManifestApproval(
-                approval_id=a.id,
-                approver_id=a.decided_by or "",
-                decided_at=int(a.decided_at.timestamp()) if a.decided_at else 0,
+    if not agent_ids:
+        return {}
+    mark_changed(session, FLEET)  # heartbeats of this process tell the agents at once
+    approvals = list(
+        await session.scalars(
+            select(ApprovalRow)
+            .where(
+                ApprovalRow.deployment_id == deployment.id,
+                ApprovalRow.status == ApprovalStatus.APPROVED,
             )
-            for a in approvals
-        ],
-    )
-    envelope = await delivery.sign(session, deployment.org_id, msgspec.to_builtins(payload))
-    target = await session.get(DeploymentTargetRow, (deployment.id, agent_id, phase))
-    if target is None:
-        target = DeploymentTargetRow(
-            deployment_id=deployment.id,
-            agent_id=agent_id,
-            phase=phase,
-            status=TargetStatus.ISSUED,
-            attempts=1,
+            .order_by(ApprovalRow.id)
         )
-        session.add(target)
-    else:
-        move_target(target, TargetStatus.ISSUED)
-        target.attempts += 1
-    target.bundle_id = bundle.id
-    target.bundle_digest = bundle.digest or ""
-    target.sequence = agent.manifest_sequence
-    target.manifest = msgspec.to_builtins(envelope)
-    target.updated_at = now
-    if phase is TargetPhase.DEPLOY:
-        await _take_over(session, deployment, agent_id)
-    return target
+    )
+    signed_approvals = [
+        ManifestApproval(
+            approval_id=a.id,
+            approver_id=a.decided_by or "",
+            decided_at=int(a.decided_at.timestamp()) if a.decided_at else 0,
+        )
+        for a in approvals
+    ]
+    issued: dict[str, DeploymentTargetRow] = {}
+    for offset in range(0, len(agent_ids), _ISSUE_BATCH):
+        chunk = sorted(agent_ids[offset : offset + _ISSUE_BATCH])  # one lock order everywhere
+        agents = list(
+            await session.scalars(
+                select(AgentRow)
+                .where(AgentRow.id.in_(chunk))
+                .order_by(AgentRow.id)
+                .with_for_update()
+            )
+        )
+        existing = {
+            target.agent_id: target
+            for target in await session.scalars(
+                select(DeploymentTargetRow).where(
+                    DeploymentTargetRow.deployment_id == deployment.id,
+                    DeploymentTargetRow.agent_id.in_([a.id for a in agents]),
+                    DeploymentTargetRow.phase == phase,
+                )
+            )
+        }
+        now = utcnow()
+        for agent in agents:
+            agent.manifest_sequence += 1
+            payload = ManifestPayload(
+                deployment_id=deployment.id,
+                agent_id=agent.id,
+                org_id=deployment.org_id,
+                environment_id=deployment.env_id,
+                sequence=agent.manifest_sequence,
+                bundle_id=bundle.id,
+                bundle_digest=bundle.digest or "",
+                bundle_size=bundle.size or 0,
+                spec_hash=bundle.spec_hash,
+                issued_at=int(now.timestamp()),
+                expires_at=int(now.timestamp()) + delivery.settings.manifest_ttl_seconds,
+                action="rollback" if phase is TargetPhase.ROLLBACK else "deploy",
+                approvals=signed_approvals,
+            )
+            envelope = await delivery.sign(session, deployment.org_id, msgspec.to_builtins(payload))
+            target = existing.get(agent.id)
+            if target is None:
+                target = DeploymentTargetRow(
+                    deployment_id=deployment.id,
+                    agent_id=agent.id,
+                    phase=phase,
+                    status=TargetStatus.ISSUED,
+                    attempts=1,
+                )
+                session.add(target)
+            else:
+                move_target(target, TargetStatus.ISSUED)
+                target.attempts += 1
+            target.bundle_id = bundle.id
+            target.bundle_digest = bundle.digest or ""
+            target.sequence = agent.manifest_sequence
+            target.manifest = msgspec.to_builtins(envelope)
+            target.updated_at = now
+            issued[agent.id] = target
+        if phase is TargetPhase.DEPLOY:
+            await _take_over(session, deployment, [a.id for a in agents])
+    return issued
 
 
-async def _take_over(session: AsyncSession, deployment: DeploymentRow, agent_id: str) -> None:
+async def _take_over(
+    session: AsyncSession, deployment: DeploymentRow, agent_ids: list[str]
+) -> None:
     """An agent only ever applies its newest manifest: withdraw what other rollouts await of it.
 
     Those rollouts are then re-evaluated by a job (they must not wait for a report that can
@@ -235,7 +281,7 @@ async def _take_over(session: AsyncSession, deployment: DeploymentRow, agent_id:
             select(DeploymentTargetRow)
             .join(DeploymentRow, DeploymentRow.id == DeploymentTargetRow.deployment_id)
             .where(
-                DeploymentTargetRow.agent_id == agent_id,
+                DeploymentTargetRow.agent_id.in_(agent_ids),
                 DeploymentTargetRow.deployment_id != deployment.id,
                 DeploymentTargetRow.phase == TargetPhase.DEPLOY,
                 DeploymentTargetRow.status.in_(list(UNFINISHED_TARGET)),
@@ -373,12 +419,11 @@ async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
         # Lock order on every path: deployment, environment, agents.
         current = await desired_state(session, deployment.env_id, for_update=True)
         deployment.previous_deployment_id = current.deployment_id if current else None
-        issued = []
-        for agent_id in targets:
-            if await issue_manifest(
-                session, delivery, deployment, agent_id, bundle, TargetPhase.DEPLOY
-            ):
-                issued.append(agent_id)
+        issued = sorted(
+            await issue_manifests(
+                session, delivery, deployment, targets, bundle, TargetPhase.DEPLOY
+            )
+        )
         deployment.agent_ids = issued
         deadline = delivery.deadline(context.settings.rollout_timeout_seconds)
         deployment.rollout_deadline_at = deadline
@@ -475,12 +520,17 @@ async def start_rollback(
             among=[t.agent_id for t in deploy_targets],
         )
     )
-    for target in deploy_targets:
-        issued = await issue_manifest(
-            session, delivery, deployment, target.agent_id, bundle, TargetPhase.ROLLBACK
-        )
-        if issued is not None and target.agent_id not in online:
-            move_target(issued, TargetStatus.UNREACHABLE, "not online when the rollback started")
+    issued = await issue_manifests(
+        session,
+        delivery,
+        deployment,
+        [t.agent_id for t in deploy_targets],
+        bundle,
+        TargetPhase.ROLLBACK,
+    )
+    for agent_id, rollback in issued.items():
+        if agent_id not in online:
+            move_target(rollback, TargetStatus.UNREACHABLE, "not online when the rollback started")
     await reconcile(session, delivery, deployment)
 
 

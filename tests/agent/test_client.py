@@ -388,3 +388,17 @@ def test_error_tree() -> None:
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
     assert parse_retry_after(value, now=now) == expected
+
+
+def test_a_plain_http_control_plane_loads_no_certificate_bundle() -> None:
+    import ssl
+
+    from agent.client import tls_verification
+
+    assert tls_verification("https://cp.example.test") is True
+    context = tls_verification("http://127.0.0.1:8080")
+    assert isinstance(context, ssl.SSLContext)
+    # Fails closed: certificates are required and checked, and none is trusted.
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+    assert context.cert_store_stats()["x509_ca"] == 0
