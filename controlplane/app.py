@@ -44,6 +44,7 @@ from controlplane.delivery.deadlines import (
     reconcile_environment,
 )
 from controlplane.delivery.lifecycle import DEADLINE_JOB
+from controlplane.delivery.reports import ReportBatcher
 from controlplane.delivery.rollout import ROLLOUT_JOB, Delivery, run_rollout
 from controlplane.delivery.routes import ApprovalController, DeploymentController
 from controlplane.delivery.signals import AgentSignals
@@ -119,6 +120,8 @@ def _lifespan(settings: Settings) -> Any:
             database, settings.agent_key_cache_seconds, settings.agent_key_cache_size
         )
         app.state.agent_keys = agent_keys
+        reports = ReportBatcher(database, lambda: Delivery.of_app(app.state))
+        app.state.reports = reports
         worker: Worker | None = None
         worker_task: asyncio.Task[None] | None = None
         if settings.deployment_mode in (DeploymentMode.WORKER, DeploymentMode.COMBINED):
@@ -138,6 +141,7 @@ def _lifespan(settings: Settings) -> Any:
         try:
             yield
         finally:
+            await reports.shutdown()
             await agent_keys.shutdown()
             await keys_task
             await heartbeats.shutdown()

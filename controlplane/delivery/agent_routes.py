@@ -14,7 +14,6 @@ from sqlalchemy import select
 
 from controlplane.db.models import DeploymentTargetRow
 from controlplane.delivery.convergence import Served, latest_sequence, manifest_for
-from controlplane.delivery.rollout import apply_report
 from controlplane.delivery.routes import DeliveryDep
 from controlplane.deps import Blobs, DbSession, authenticated_agent
 from controlplane.errors import NotFound
@@ -104,12 +103,12 @@ class AgentDeliveryController(Controller):
     async def report_deployment(
         self,
         request: Request[Any, Any, Any],
-        session: DbSession,
-        delivery: DeliveryDep,
+        state: State,
         agent_id: FromPath[str],
         data: JSONBody[DeploymentReport],
     ) -> None:
-        await apply_report(session, delivery, authenticated_agent(request).agent_id, data)
+        # Applied with the other reports waiting now, in one transaction; answered once durable.
+        await state.reports.submit(authenticated_agent(request).agent_id, data)
 
     @get(
         "/bundles/{digest:str}",

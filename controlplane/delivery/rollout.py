@@ -70,6 +70,7 @@ __all__ = [
     "issue_manifest",
     "locked_deployment",
     "reconcile",
+    "record_report",
     "run_rollout",
     "start_rollback",
 ]
@@ -642,10 +643,14 @@ def _reported(target: DeploymentTargetRow, report: DeploymentReport) -> TargetSt
     raise Conflict(f"A {target.phase} manifest cannot be reported {report.status}")
 
 
-async def apply_report(
-    session: AsyncSession, delivery: Delivery, agent_id: str, report: DeploymentReport
-) -> None:
-    """Record an agent's progress on one manifest and reconcile the deployment (commits)."""
+async def record_report(
+    session: AsyncSession, agent_id: str, report: DeploymentReport
+) -> DeploymentRow | None:
+    """Check an agent's report and move its target (no commit, no reconcile).
+
+    Returns the deployment to reconcile, or ``None`` when the report changes nothing (a repeat,
+    or ``activating``, from which nothing can be decided).
+    """
     deployment = await locked_deployment(session, report.deployment_id)
     target = await session.scalar(
         select(DeploymentTargetRow)
@@ -663,12 +668,20 @@ async def apply_report(
     reported = _reported(target, report)
     current = TargetStatus(target.status)
     if current is reported:
-        return
+        return None
     if current not in UNFINISHED_TARGET and current is not TargetStatus.UNREACHABLE:
         raise Conflict(f"Manifest {report.sequence} was already reported {current.value}")
     if reported is TargetStatus.ACTIVATING and current is TargetStatus.ACTIVATING:
-        return
+        return None
     move_target(target, reported, report.reason)
-    if reported is not TargetStatus.ACTIVATING:  # still unfinished: nothing to decide yet
+    return None if reported is TargetStatus.ACTIVATING else deployment
+
+
+async def apply_report(
+    session: AsyncSession, delivery: Delivery, agent_id: str, report: DeploymentReport
+) -> None:
+    """Record an agent's progress on one manifest and reconcile the deployment (commits)."""
+    deployment = await record_report(session, agent_id, report)
+    if deployment is not None:
         await reconcile(session, delivery, deployment)
     await session.commit()
