@@ -40,7 +40,7 @@ from agent.client import ControlPlaneClient
 from agent.daemon import Agent
 from agent.settings import AgentSettings
 from benchmarks.footprint import stop_server
-from benchmarks.harness import bootstrap, control_plane
+from benchmarks.harness import PLAN, bootstrap, control_plane
 from controlplane.bundles.archive import build_bundle_archive
 
 if TYPE_CHECKING:
@@ -60,17 +60,6 @@ STEPS = (
     "switched",
     "activated",
 )
-PLAN: dict[str, Any] = {
-    "name": "bench",
-    "target": "SingleRing",
-    "stages": [
-        {"id": "decode"},
-        {"id": "enrich", "depends_on": [0]},
-        {"id": "publish", "depends_on": [1]},
-    ],
-    "constraints": {"shards": 1, "ordering": "strict"},
-    "single_ring": {"producer": "single", "scheduling": "dedicated"},
-}
 
 
 def _padding(target: int) -> dict[str, Any]:

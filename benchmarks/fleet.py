@@ -60,6 +60,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from benchmarks.harness import PLAN as BENCH_PLAN
 from benchmarks.harness import bootstrap, control_plane, postgres_database, postgres_reachable
 from benchmarks.load import request_bytes
 from shared.agents import EnrollResponse, Heartbeat, HeartbeatResponse
@@ -87,17 +88,7 @@ POLL_PAUSE_SECONDS: Final = 1.0  # the agent's pause between two long-polls
 STARTING_AT_ONCE: Final = 8  # agents between start and online + polling (no stampede)
 ENROLL_CONCURRENCY: Final = 16
 AGENT_VERSION: Final = "bench-fleet"
-PLAN: Final[dict[str, Any]] = {
-    "name": "fleet",
-    "target": "SingleRing",
-    "stages": [
-        {"id": "decode"},
-        {"id": "enrich", "depends_on": [0]},
-        {"id": "publish", "depends_on": [1]},
-    ],
-    "constraints": {"shards": 1, "ordering": "strict"},
-    "single_ring": {"producer": "single", "scheduling": "dedicated"},
-}
+PLAN: Final[dict[str, Any]] = {**BENCH_PLAN, "name": "fleet"}
 _DIGEST: Final = re.compile(r"sha256:([0-9a-f]{64})")
 _IDS: Final = re.compile(r"\b[a-z]{3}_[0-9A-Za-z]{10,}|sha256:[0-9a-f]{64}")
 _TRANSPORT_ERRORS: Final = (OSError, EOFError, asyncio.LimitOverrunError, ValueError)

@@ -30,6 +30,20 @@ UNLIMITED = {
 }
 
 
+#: A small valid pipeline plan (three stages on one ring) the benchmarks deploy.
+PLAN: dict[str, Any] = {
+    "name": "bench",
+    "target": "SingleRing",
+    "stages": [
+        {"id": "decode"},
+        {"id": "enrich", "depends_on": [0]},
+        {"id": "publish", "depends_on": [1]},
+    ],
+    "constraints": {"shards": 1, "ordering": "strict"},
+    "single_ring": {"producer": "single", "scheduling": "dedicated"},
+}
+
+
 def console_script(name: str) -> str:
     path = BIN / name
     if not path.exists():
