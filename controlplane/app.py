@@ -33,7 +33,7 @@ from controlplane.auth.routes import MeController, TokenController
 from controlplane.blobs import BlobStore
 from controlplane.bundles.routes import ConfigBundleController
 from controlplane.bundles.service import BUILD_JOB, build_bundle
-from controlplane.db import create_database
+from controlplane.db import database_for
 from controlplane.db.migrate import head_revision, upgrade
 from controlplane.delivery.agent_routes import AgentDeliveryController
 from controlplane.delivery.convergence import waiting_agents
@@ -96,7 +96,7 @@ def job_handlers() -> dict[str, JobHandler]:
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        database = create_database(settings.resolved_database_url)
+        database = database_for(settings)
         app.state.database = database
         app.state.schema_head = head_revision()
         app.state.draining = False

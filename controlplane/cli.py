@@ -103,10 +103,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
 
 
 async def _migrate(settings: Settings) -> str | None:
-    from controlplane.db import create_database
+    from controlplane.db import database_for
     from controlplane.db.migrate import current_revision, upgrade
 
-    database = create_database(settings.resolved_database_url)
+    database = database_for(settings)
     try:
         await upgrade(database.engine)
         return await current_revision(database.engine)
@@ -116,10 +116,10 @@ async def _migrate(settings: Settings) -> str | None:
 
 async def _bootstrap(settings: Settings, email: str, org: str) -> str:
     from controlplane.auth.service import bootstrap_owner
-    from controlplane.db import create_database
+    from controlplane.db import database_for
     from controlplane.db.migrate import upgrade
 
-    database = create_database(settings.resolved_database_url)
+    database = database_for(settings)
     try:
         if settings.should_auto_migrate:
             await upgrade(database.engine)

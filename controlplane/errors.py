@@ -15,7 +15,10 @@ Exception tree::
     └── ServiceUnavailable 503  a feature is not configured or not ready
 
 Litestar's own ``HTTPException`` family (validation errors, 404/405 routing, 413 body caps) is
-rendered by the same function, and anything else becomes a 500 without internals.
+rendered by the same function. A database that is momentarily out of reach (its connection pool
+exhausted, SQLite's write lock held past the busy timeout, a lost connection) is a 503 with
+``Retry-After``: the request did nothing and may be sent again. Anything else becomes a 500
+without internals.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared.problem import PROBLEM_CONTENT_TYPE, FieldError, Problem
 
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
 
 __all__ = [
+    "DATABASE_RETRY_AFTER_SECONDS",
     "BadGateway",
     "BadRequest",
     "Conflict",
@@ -46,6 +52,7 @@ __all__ = [
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
+    "database_unavailable",
     "exception_handlers",
     "problem_response",
     "request_id_of",
@@ -277,7 +284,35 @@ def _on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> R
     return problem_response(request, status=status, detail=detail, headers=headers)
 
 
+#: What a 503 for a busy or unreachable database asks the client to wait, in seconds.
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """Why ``exc`` means the database is momentarily out of reach, or None if it does not.
+
+    Only failures that say nothing about the request qualify: the pool had no connection in
+    time, SQLite's lock stayed held past the busy timeout, or the connection was lost. Every
+    other database error (a constraint, a bad statement) stays a 500, because retrying it
+    would fail again.
+    """
+    if isinstance(exc, PoolTimeout):
+        return "pool"
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "connection"
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        if "locked" in message or "busy" in message:
+            return "locked"
+        if any(word in message for word in ("connect", "closed", "terminat", "too many")):
+            return "connection"
+    return None
+
+
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    reason = database_unavailable(exc)
+    if reason is not None:
+        return _on_database_unavailable(request, exc, reason)
     request_id = request_id_of(request)
     logger.error(
         "unhandled error",
@@ -288,6 +323,29 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
         request,
         status=500,
         detail=f"An unexpected error occurred; quote request id {request_id} when reporting it",
+    )
+
+
+def _on_database_unavailable(
+    request: Request[Any, Any, Any], exc: Exception, reason: str
+) -> Response[Problem]:
+    request_id = request_id_of(request)
+    # A warning without the traceback: under overload this fires for many requests at once.
+    logger.warning(
+        "database unavailable (%s: %s); answered 503",
+        reason,
+        type(exc).__name__,
+        extra={"request_id": request_id, "path": request.url.path},
+    )
+    return problem_response(
+        request,
+        status=503,
+        slug="database-unavailable",
+        detail=(
+            "The database is busy or unreachable; nothing was changed. "
+            f"Retry after {DATABASE_RETRY_AFTER_SECONDS} seconds"
+        ),
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
 

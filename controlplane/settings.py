@@ -49,6 +49,19 @@ class Settings(BaseSettings):
             "Use postgresql+asyncpg://user@host/db for PostgreSQL"
         ),
     )
+    database_pool_size: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=5, description="database connections each process keeps open"
+    )
+    database_pool_overflow: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=10, description="extra connections a process may open under load, beyond the pool"
+    )
+    database_pool_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10.0,
+        description=(
+            "how long a request waits for a free connection before it is answered 503 with "
+            "Retry-After"
+        ),
+    )
     auto_migrate: bool | None = Field(
         default=None,
         description="migrate the schema on start; default on for SQLite, off for PostgreSQL",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from controlplane.app import job_handlers
 from controlplane.blobs import BlobStore
-from controlplane.db import create_database
+from controlplane.db import database_for
 from controlplane.db.migrate import current_revision, head_revision
 from controlplane.jobs import Worker
 from controlplane.signing.kek import load_kek
@@ -28,7 +28,7 @@ logger = logging.getLogger("byteor.controlplane.worker")
 
 async def run_worker(settings: Settings) -> int:
     """Process jobs until SIGTERM/SIGINT; refuses to start on an unmigrated database."""
-    database = create_database(settings.resolved_database_url)
+    database = database_for(settings)
     try:
         revision = await current_revision(database.engine)
         if revision != head_revision():

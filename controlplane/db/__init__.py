@@ -7,6 +7,7 @@ from controlplane.db.engine import (
     ReadOnlyTransaction,
     begin_write,
     create_database,
+    database_for,
     mark_changed,
 )
 from controlplane.db.models import Base
@@ -17,5 +18,6 @@ __all__ = [
     "ReadOnlyTransaction",
     "begin_write",
     "create_database",
+    "database_for",
     "mark_changed",
 ]

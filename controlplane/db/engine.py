@@ -31,6 +31,8 @@ from sqlalchemy.ext.asyncio import (
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from controlplane.settings import Settings
+
 __all__ = [
     "AGENT_KEYS",
     "FLEET",
@@ -39,6 +41,7 @@ __all__ = [
     "ReadOnlyTransaction",
     "begin_write",
     "create_database",
+    "database_for",
     "ensure_writable",
     "mark_changed",
 ]
@@ -181,10 +184,25 @@ def mark_changed(session: AsyncSession, *topics: str) -> None:
     pending.update(topics)
 
 
-def create_database(url: str, *, echo: bool = False) -> Database:
-    """Create the engine for ``url`` (creating the SQLite file's directory if needed)."""
+def create_database(
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+) -> Database:
+    """Create the engine for ``url`` (creating the SQLite file's directory if needed).
+
+    The pool holds ``pool_size`` connections plus up to ``max_overflow`` more under load; a
+    request that finds none free within ``pool_timeout`` seconds fails with SQLAlchemy's
+    ``TimeoutError``, which the API answers as a 503 with ``Retry-After``. Statement
+    parameters are kept out of error messages (they may hold token digests).
+    """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+    if not (parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")):
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -205,4 +223,14 @@ def create_database(url: str, *, echo: bool = False) -> Database:
             info=info,
         ),
         changes=changes,
+    )
+
+
+def database_for(settings: Settings) -> Database:
+    """The database ``settings`` name, with the pool they configure."""
+    return create_database(
+        settings.resolved_database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+        pool_timeout=settings.database_pool_timeout_seconds,
     )
