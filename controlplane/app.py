@@ -7,8 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, Request
-from litestar.datastructures import MutableScopeHeaders
+from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -50,7 +49,7 @@ from controlplane.delivery.routes import ApprovalController, DeploymentControlle
 from controlplane.delivery.signals import AgentSignals
 from controlplane.deps import dependencies
 from controlplane.environments.routes import EnvironmentController
-from controlplane.errors import exception_handlers, request_id_of
+from controlplane.errors import exception_handlers, scope_request_id
 from controlplane.health.routes import healthz, readyz
 from controlplane.jobs import JobHandler, Worker
 from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
@@ -160,13 +159,9 @@ async def _send_request_id(message: Message, scope: Scope) -> None:
     """Echo the request id on every response, errors and unrouted paths included."""
     if message["type"] != "http.response.start":
         return
-    state = scope.setdefault("state", {})
-    request_id = state.get("request_id")
-    if request_id is None:
-        request_id = request_id_of(Request(scope))
-    headers = MutableScopeHeaders.from_message(message)
-    if "x-request-id" not in headers:
-        headers["X-Request-ID"] = request_id
+    headers = message.get("headers") or []
+    if not any(name.lower() == b"x-request-id" for name, _ in headers):
+        message["headers"] = [*headers, (b"x-request-id", scope_request_id(scope).encode())]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

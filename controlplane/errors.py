@@ -24,8 +24,8 @@ without internals.
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from litestar import Request, Response
@@ -36,7 +36,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from shared.problem import PROBLEM_CONTENT_TYPE, FieldError, Problem
 
 if TYPE_CHECKING:
-    from litestar.types import ExceptionHandlersMap
+    from litestar.types import ExceptionHandlersMap, Scope
 
 __all__ = [
     "DATABASE_RETRY_AFTER_SECONDS",
@@ -56,6 +56,7 @@ __all__ = [
     "exception_handlers",
     "problem_response",
     "request_id_of",
+    "scope_request_id",
 ]
 
 logger = logging.getLogger("byteor.controlplane")
@@ -179,16 +180,33 @@ _HTTP_SLUGS = {
 }
 
 
-def request_id_of(request: Request[Any, Any, Any]) -> str:
-    """The request id: the caller's ``X-Request-ID`` when sane, else a new one (memoised)."""
-    state = request.scope.setdefault("state", {})
+def scope_request_id(scope: Scope) -> str:
+    """The request id of ``scope``: the caller's ``X-Request-ID`` when sane, else a new one.
+
+    Memoised in the scope's state, so every layer (logs, metrics, errors, the response header)
+    sees the same id. Works on the raw ASGI scope: it runs on every request.
+    """
+    state = scope.setdefault("state", {})
     existing = state.get("request_id")
     if isinstance(existing, str):
         return existing
-    incoming = request.headers.get("x-request-id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
+    request_id = None
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+            if _REQUEST_ID_RE.match(incoming):
+                request_id = incoming
+            break
+    if request_id is None:
+        # A correlation id, not a secret: the module PRNG is enough (and reseeded after fork).
+        request_id = f"{random.getrandbits(64):016x}"
     state["request_id"] = request_id
     return request_id
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    """The request id of ``request`` (see :func:`scope_request_id`)."""
+    return scope_request_id(request.scope)
 
 
 def problem_response(

@@ -30,6 +30,7 @@ from shared.resources import Page
 from shared.roles import Role
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -267,7 +268,7 @@ async def register_identity_key(
 
 
 async def receive_heartbeat(
-    session: AsyncSession,
+    session: Callable[[], AsyncSession],
     agent: AgentPrincipal,
     heartbeat: Heartbeat,
     settings: Settings,
@@ -278,14 +279,15 @@ async def receive_heartbeat(
     """Buffer the heartbeat (no write) and tell the agent what awaits it.
 
     The answer comes from the environment's cached view; only an agent with a rotated key
-    waiting for it costs a read of its own.
+    waiting for it costs a read of its own, in the request's session (``session()`` opens it
+    on first use).
     """
     now = utcnow()
     buffer.record(agent.agent_id, now, heartbeat)
     view = await fleet.environment(agent.org_id, agent.env_id)
     rotated = None
     if agent.agent_id in view.pending_keys:
-        rotated = await pending_key_secret(session, kek, agent.agent_id)
+        rotated = await pending_key_secret(session(), kek, agent.agent_id)
     return HeartbeatResponse(
         next_interval_seconds=settings.agent_heartbeat_interval_seconds,
         deployment_pending=view.deployment_pending(agent.agent_id, heartbeat.active_bundle_digest),

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from controlplane.db.models import AgentRow, DeploymentRow, JobRow
 from controlplane.db.types import utcnow
-from controlplane.errors import request_id_of
+from controlplane.errors import scope_request_id
 from controlplane.observability.logs import REQUEST_ID
 
 if TYPE_CHECKING:
@@ -98,6 +98,20 @@ class Metrics:
         self.job_lag = Gauge(
             "byteor_job_queue_lag_seconds", "Age of the oldest due job not yet claimed", registry=r
         )
+        self._latency: dict[tuple[str, str], Histogram] = {}
+        self._requests: dict[tuple[str, str, int], Counter] = {}
+
+    def observe_request(self, method: str, route: str, status: int, elapsed: float) -> None:
+        """Count and time one HTTP request (labelled children are kept: ``labels()`` locks)."""
+        latency = self._latency.get((method, route))
+        if latency is None:
+            latency = self._latency[method, route] = self.latency.labels(method, route)
+        latency.observe(elapsed)
+        requests = self._requests.get((method, route, status))
+        if requests is None:
+            requests = self.requests.labels(method, route, str(status))
+            self._requests[method, route, status] = requests
+        requests.inc()
 
     async def refresh_from_database(self, state: State) -> None:
         """Set the database-derived gauges (called at scrape time)."""
@@ -173,7 +187,7 @@ class MetricsMiddleware:
                 status[0] = int(message["status"])
             await send(message)
 
-        token = REQUEST_ID.set(request_id_of(Request(scope)))
+        token = REQUEST_ID.set(scope_request_id(scope))
         started = time.perf_counter()
         metrics.in_flight.inc()
         try:
@@ -184,19 +198,19 @@ class MetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             metrics.in_flight.dec()
-            metrics.latency.labels(method, route).observe(elapsed)
-            metrics.requests.labels(method, route, str(status[0])).inc()
-            access.info(
-                "%s %s %d",
-                method,
-                route,
-                status[0],
-                extra={
-                    "status": status[0],
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "route": route,
-                },
-            )
+            metrics.observe_request(method, route, status[0], elapsed)
+            if access.isEnabledFor(logging.INFO):
+                access.info(
+                    "%s %s %d",
+                    method,
+                    route,
+                    status[0],
+                    extra={
+                        "status": status[0],
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "route": route,
+                    },
+                )
             REQUEST_ID.reset(token)
 
 

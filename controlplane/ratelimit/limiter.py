@@ -104,12 +104,13 @@ class RateLimiter:
     async def _verdict(self, bucket: str, key: str, *, count: bool) -> Verdict:
         item = self.budgets.of(bucket)
         try:
-            allowed = (
-                await self.strategy.hit(item, bucket, key)
-                if count
-                else await self.strategy.test(item, bucket, key)
-            )
-            stats = await self.strategy.get_window_stats(item, bucket, key)
+            if count:
+                allowed = await self.strategy.hit(item, bucket, key)
+                stats = await self.strategy.get_window_stats(item, bucket, key)
+            else:
+                # One read: one more request fits exactly when the window has room for it.
+                stats = await self.strategy.get_window_stats(item, bucket, key)
+                allowed = stats.remaining >= 1
         except Exception as exc:  # noqa: BLE001 - any storage failure: fail open, loudly
             logger.warning("rate limit storage unavailable (%s); allowing the request", exc)
             return Verdict(bucket, True, item.amount, item.amount, int(time.time()) + 1)

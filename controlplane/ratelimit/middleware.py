@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 
@@ -69,12 +68,17 @@ def _refuse(verdict: Verdict, detail: str) -> TooManyRequests:
 
 
 def _with_headers(send: Send, headers: dict[str, str], status: list[int]) -> Send:
+    """``send`` that records the response status and adds ``headers`` to the response."""
+    raw = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    ]
+
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             status.append(int(message["status"]))
-            mutable = MutableScopeHeaders.from_message(message)
-            for key, value in headers.items():
-                mutable[key] = value
+            if raw:
+                # No inner layer sets these names: appending is replacing, without a scan.
+                message["headers"] = [*message.get("headers", ()), *raw]
         await send(message)
 
     return wrapped

@@ -243,3 +243,24 @@ async def test_one_unwritable_heartbeat_does_not_hold_back_the_batch(
         assert (written.last_sequence, written.agent_version) == (5, "ok")
         assert dropped.last_sequence == 0
     assert buffer.pending(good["agent_id"]) is None
+
+
+def test_the_heartbeat_route_has_nothing_for_litestar_to_resolve(tmp_path: Path) -> None:
+    """Two or more dependencies are resolved in an anyio task group, and a ``State`` parameter
+    is copied per request: on the heartbeat each costs more than the rest of the request."""
+    app = create_app(Settings(data_dir=tmp_path, **GENEROUS_RATE_LIMITS))
+    handlers = {
+        handler.handler_id: handler
+        for route in app.routes
+        if route.path == "/api/v1/agents/{agent_id:str}/heartbeat"
+        for handler in getattr(route, "route_handlers", [])
+        if "POST" in handler.http_methods
+    }
+    assert len(handlers) == 1
+    (handler,) = handlers.values()
+    parameters = set(handler.parsed_fn_signature.parameters)
+    assert parameters == {"request", "agent_id", "data"}
+    assert not set(handler.resolve_dependencies()) & parameters
+    # The request parameter is annotated with a plain class, so Litestar's per-request
+    # ``isinstance`` check does not raise and catch a TypeError on a subscripted generic.
+    assert isinstance(handler.parsed_fn_signature.parameters["request"].annotation, type)
