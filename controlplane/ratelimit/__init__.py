@@ -1,4 +1,4 @@
-"""Sliding-window rate limits (the ``limits`` library, moving-window strategy)."""
+"""Sliding-window rate limits (the ``limits`` library, sliding-window-counter strategy)."""
 
 from __future__ import annotations
 
