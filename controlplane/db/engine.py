@@ -6,8 +6,16 @@ concurrent writers queue on the busy timeout instead of failing with "database i
 read transaction tries to upgrade to a write. Readers (``Database.readers``) begin a plain deferred
 transaction: under WAL they take no lock, never wait for a writer and never make one wait.
 
+On a SQLite file, readers and writers also use two engines (two pools) on the same file. The
+writers' pool holds exactly one connection: SQLite admits one writer at a time anyway, so writers
+of this process queue for that connection in asyncio, first come first served, holding nothing
+else, instead of each holding a pooled connection while SQLite's busy handler sleeps and retries.
+Readers then never find the pool taken by writers that wait for the lock. (Writers of other
+processes, a worker or the CLI, still meet on SQLite's busy timeout.)
+
 A reader session that must write (rarely: the first use of a rotated agent key, a manifest issued
-on a deployment check) calls :func:`begin_write` at the start of a fresh transaction. A write
+on a deployment check) calls :func:`begin_write` at the start of a fresh transaction; on SQLite it
+moves to the writers' engine for that transaction. A write
 statement in a read transaction is a programming error and raises :class:`ReadOnlyTransaction`,
 on every backend, so tests catch it long before it could become a busy error under load.
 """
@@ -27,9 +35,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import SessionTransaction
 
     from controlplane.settings import Settings
 
@@ -39,6 +48,7 @@ __all__ = [
     "ChangeFeed",
     "Database",
     "ReadOnlyTransaction",
+    "begin_read",
     "begin_write",
     "create_database",
     "database_for",
@@ -98,16 +108,45 @@ class ChangeFeed:
 class Database:
     """An engine, its writer and reader session factories, and the local change feed."""
 
+    #: The engine writers use (and migrations); on PostgreSQL the only one.
     engine: AsyncEngine
     #: Sessions whose transactions may write (``BEGIN IMMEDIATE`` on SQLite).
     sessionmaker: async_sessionmaker[AsyncSession]
     #: Sessions whose transactions only read (deferred on SQLite: no lock taken).
     readers: async_sessionmaker[AsyncSession]
     changes: ChangeFeed = field(default_factory=ChangeFeed)
+    #: The engine readers use: on a SQLite file its own pool, else the same as ``engine``.
+    read_engine: AsyncEngine | None = None
+
+    @property
+    def reader_engine(self) -> AsyncEngine:
+        return self.read_engine or self.engine
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        if self.read_engine is not None:
+            await self.read_engine.dispose()
+
+
+#: ``Session.info`` keys, set when readers and writers have engines of their own: the engine a
+#: session moves to for a write transaction, for a read, and the one it returns to after each.
+_WRITE_BIND = "byteor_write_bind"
+_READ_BIND = "byteor_read_bind"
+_HOME_BIND = "byteor_home_bind"
+
+
+class RoutedSession(Session):
+    """A session that returns to its own engine after a transaction it ran on the other one."""
+
+
+@event.listens_for(RoutedSession, "after_transaction_end")
+def _return_home(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return  # a savepoint: the transaction goes on
+    home = session.info.get(_HOME_BIND)
+    if home is not None and session.bind is not home:
+        session.bind = home
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
@@ -152,7 +191,25 @@ async def begin_write(session: AsyncSession) -> None:
     """
     if session.in_transaction():
         raise RuntimeError("begin_write needs a session with no transaction open")
+    writer = session.info.get(_WRITE_BIND)
+    if writer is not None:
+        session.sync_session.bind = writer
     await session.connection(execution_options={READ_ONLY: False})
+
+
+async def begin_read(session: AsyncSession) -> None:
+    """Start the session's next transaction as a read (no lock), on the readers' engine.
+
+    For a writer session that reads before it writes (a credential check): the read takes no
+    writer connection. When the transaction ends the session is a writer again. Call it with no
+    transaction open.
+    """
+    if session.in_transaction():
+        raise RuntimeError("begin_read needs a session with no transaction open")
+    reader = session.info.get(_READ_BIND)
+    if reader is not None:
+        session.sync_session.bind = reader
+    await session.connection(execution_options={READ_ONLY: True})
 
 
 async def ensure_writable(session: AsyncSession) -> None:
@@ -201,28 +258,49 @@ def create_database(
     """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
-    if not (parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")):
-        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+    read_engine: AsyncEngine | None = None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if parsed.database in (None, "", ":memory:"):
+            engine = create_async_engine(url, **kwargs)  # one private database: one engine
+        else:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, **kwargs)
+            # One writer connection: writers queue for it here, not in SQLite's busy handler.
+            engine = create_async_engine(
+                url, **kwargs, pool_size=1, max_overflow=0, pool_timeout=pool_timeout
+            )
+            read_engine = create_async_engine(url, **kwargs, **pool)
+            _tune_sqlite(read_engine)
+            _guard_reads(read_engine)
         _tune_sqlite(engine)
     else:
-        engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_async_engine(url, pool_pre_ping=True, **kwargs, **pool)
     _guard_reads(engine)
     changes = ChangeFeed()
-    info = {"changes": changes}
+    writer_info: dict[str, Any] = {"changes": changes}
+    reader_info: dict[str, Any] = {"changes": changes}
+    reading = (read_engine or engine).execution_options(**{READ_ONLY: True})
+    if read_engine is not None:
+        writer_info.update({_READ_BIND: reading.sync_engine, _HOME_BIND: engine.sync_engine})
+        reader_info.update({_WRITE_BIND: engine.sync_engine, _HOME_BIND: reading.sync_engine})
     return Database(
         engine=engine,
-        sessionmaker=async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info),
-        readers=async_sessionmaker(
-            engine.execution_options(**{READ_ONLY: True}),
+        sessionmaker=async_sessionmaker(
+            engine,
             expire_on_commit=False,
             autoflush=False,
-            info=info,
+            info=writer_info,
+            sync_session_class=RoutedSession,
+        ),
+        readers=async_sessionmaker(
+            reading,
+            expire_on_commit=False,
+            autoflush=False,
+            info=reader_info,
+            sync_session_class=RoutedSession,
         ),
         changes=changes,
+        read_engine=read_engine,
     )
 
 

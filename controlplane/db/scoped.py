@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from controlplane.db.engine import READ_ONLY
+from controlplane.db.engine import begin_read
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -63,7 +63,8 @@ async def authentication_read(scope: Scope, database: Database) -> AsyncIterator
     """
     session = request_session(scope, database)
     if not session.in_transaction():
-        await session.connection(execution_options={READ_ONLY: True})
+        await begin_read(session)  # on SQLite: the readers' pool, never the one writer
+
     try:
         yield session
     finally:

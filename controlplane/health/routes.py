@@ -40,7 +40,7 @@ async def readyz(request: Request[Any, Any, Any], state: State) -> Response[Any]
     if state.get("draining"):
         return problem_response(request, status=503, detail="Shutting down (draining)")
     try:
-        async with state.database.engine.connect() as connection:
+        async with state.database.reader_engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
         revision = await current_revision(state.database.engine)
     except (SQLAlchemyError, OSError) as exc:

@@ -117,7 +117,7 @@ class Metrics:
         """Set the database-derived gauges (called at scrape time)."""
         settings: Settings = state.settings
         now = utcnow()
-        async with state.database.sessionmaker() as session:
+        async with state.database.readers() as session:
             online_after = now - timedelta(seconds=settings.agent_stale_after_seconds)
             offline_before = now - timedelta(seconds=settings.agent_offline_after_seconds)
             total = await session.scalar(select(func.count()).select_from(AgentRow)) or 0

@@ -8,6 +8,7 @@ connection is lost. None of them says anything about the request, so none may be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from controlplane.db import engine as engine_module
+from controlplane.db.engine import READ_ONLY
 from controlplane.db.models import ProjectRow
 from controlplane.errors import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
 from controlplane.settings import Settings
@@ -48,6 +50,18 @@ async def small_pool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             yield stack
 
 
+@contextlib.asynccontextmanager
+async def held_pools(stack: Stack) -> AsyncIterator[None]:
+    """Check out every connection the app could use (on SQLite: the writer's and the reader's)."""
+    engines = {id(e): e for e in (stack.database.engine, stack.database.reader_engine)}
+    async with contextlib.AsyncExitStack() as held:
+        for engine in engines.values():
+            reading = engine.execution_options(**{READ_ONLY: True})  # no lock, just the slot
+            connection = await held.enter_async_context(reading.connect())
+            await connection.execute(text("SELECT 1"))
+        yield
+
+
 def assert_database_unavailable(response: object) -> None:
     body = assert_problem(response, 503)
     assert body["type"] == "urn:byteor:problem:database-unavailable"
@@ -61,8 +75,7 @@ async def test_an_exhausted_pool_is_a_503_and_the_next_request_succeeds(
 ) -> None:
     stack = small_pool
     tree = await stack.tree()
-    async with stack.database.engine.connect() as held:
-        await held.execute(text("SELECT 1"))  # the pool's only connection is now checked out
+    async with held_pools(stack):
         with caplog.at_level(logging.WARNING, logger="byteor.controlplane"):
             read = await stack.call("GET", f"{tree.org_path}/projects", tree.owner)
             write = await stack.call(
@@ -94,8 +107,7 @@ async def test_an_agent_heartbeat_on_an_exhausted_pool_is_a_503(small_pool: Stac
         json={"hostname": "db-busy"},
     )
     agent = {"Authorization": f"Bearer {enrolled['api_key']}"}
-    async with stack.database.engine.connect() as held:
-        await held.execute(text("SELECT 1"))
+    async with held_pools(stack):
         # A new key is not cached yet, so authenticating it needs the database.
         response = await stack.client.post(
             f"/api/v1/agents/{enrolled['agent_id']}/heartbeat", headers=agent, json={}
@@ -133,15 +145,54 @@ async def test_sqlite_write_lock_held_past_the_busy_timeout_is_a_503(
         await stack.ok("POST", f"{tree.org_path}/projects", tree.owner, json={"name": "blocked"})
 
 
+async def test_sqlite_writers_queue_for_one_connection_and_readers_are_never_starved(
+    tmp_path: Path,
+) -> None:
+    """Writers wait for the one writer connection in process, holding nothing; reads go on."""
+    settings = Settings(
+        data_dir=tmp_path,
+        auto_migrate=True,
+        heartbeat_flush_seconds=60,
+        database_pool_size=2,
+        database_pool_overflow=0,
+        database_pool_timeout_seconds=5,
+        **GENEROUS_RATE_LIMITS,
+    )
+    async with running_stack(settings, "sqlite") as stack:
+        tree = await stack.tree()
+        writer = stack.database.engine
+        assert writer is not stack.database.reader_engine
+        assert writer.pool.size() == 1  # type: ignore[attr-defined]
+        held = await writer.connect()
+        await held.execute(text("SELECT 1"))
+        try:
+            writes = [
+                asyncio.create_task(
+                    stack.call(
+                        "POST", f"{tree.org_path}/projects", tree.owner, json={"name": f"p{i}"}
+                    )
+                )
+                for i in range(6)  # more writers than the readers' whole pool
+            ]
+            await asyncio.sleep(0.3)
+            assert not any(task.done() for task in writes)
+            for _ in range(5):
+                read = await stack.call("GET", f"{tree.org_path}/projects", tree.owner)
+                assert read.status_code == 200, read.text
+        finally:
+            await held.close()
+        assert [(await task).status_code for task in writes] == [201] * 6
+
+
 async def test_the_pool_settings_reach_the_engine(small_pool: Stack) -> None:
-    pool = small_pool.database.engine.pool
+    pool = small_pool.database.reader_engine.pool
     assert pool.size() == 1  # type: ignore[attr-defined]
     assert pool.timeout() == pytest.approx(0.3)  # type: ignore[attr-defined]
-    held = await small_pool.database.engine.connect()
+    held = await small_pool.database.reader_engine.connect()
     try:
         started = asyncio.get_running_loop().time()
         with pytest.raises(PoolTimeout):
-            await small_pool.database.engine.connect()
+            await small_pool.database.reader_engine.connect()
         assert asyncio.get_running_loop().time() - started < 5
     finally:
         await held.close()
