@@ -137,6 +137,8 @@ class ThrottlingProxy:
     throttle_seconds: float
     started: float = field(default_factory=time.monotonic)
     heartbeats: list[tuple[float, int]] = field(default_factory=list)
+    #: (seconds since start, Retry-After) of every 429 the upstream answered a heartbeat with.
+    upstream_refusals: list[tuple[float, float]] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     _server: ThreadingHTTPServer | None = None
 
@@ -179,6 +181,9 @@ class ThrottlingProxy:
                 )
                 if self.path.endswith("/heartbeat"):
                     proxy.heartbeats.append((elapsed, upstream.status_code))
+                    if upstream.status_code == 429:
+                        retry_after = float(upstream.headers.get("retry-after", "0"))
+                        proxy.upstream_refusals.append((elapsed, retry_after))
                 self.send_response(upstream.status_code)
                 for key, value in upstream.headers.items():
                     if key.lower() not in {
