@@ -844,6 +844,9 @@ async def measure(
         "BYTEOR_CLOUD_DRAIN_SECONDS": "0",
         "BYTEOR_CLOUD_AUTO_MIGRATE": "true",  # default off for PostgreSQL
     }
+    # Server settings to try (BYTEOR_CLOUD_DATABASE_POOL_SIZE=20 python -m benchmarks.fleet …).
+    extra.update({k: v for k, v in os.environ.items() if k.startswith("BYTEOR_CLOUD_")})
+    row["server_overrides"] = sorted(k for k in os.environ if k.startswith("BYTEOR_CLOUD_"))
     with control_plane(workdir, database_url=database_url, extra=extra) as cp:
         try:
             await _converge(cp, agents, budget, row)

@@ -107,8 +107,9 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
         opt = connection.route_handler.opt
         wanted = opt.get("credential", "bearer")
         database: Database = connection.app.state.database
-        cookie = connection.cookies.get(SESSION_COOKIE)
-        if wanted == "bearer" and cookie and "authorization" not in connection.headers:
+        # Cookies are parsed only where a login session may stand in for a token.
+        cookie = connection.cookies.get(SESSION_COOKIE) if wanted == "bearer" else None
+        if cookie and "authorization" not in connection.headers:
             if TokenKind.of(cookie) is not TokenKind.SESSION:
                 raise Unauthorized("The session cookie does not hold a session token")
             async with authentication_read(connection.scope, database) as session:
