@@ -186,15 +186,14 @@ class AgentRuntimeController(Controller):
     security = [{"agent_key": []}]
 
     @get("/", summary="The agent's own record (agent key)")
-    async def own_record(
-        self,
-        request: Request[Any, Any, Any],
-        state: State,
-        session: DbSession,
-        agent_id: FromPath[str],
-    ) -> AgentRecord:
+    async def own_record(self, request: ByteorRequest, agent_id: FromPath[str]) -> AgentRecord:
+        state = request.app.state
         return await service.own_record(
-            session, authenticated_agent(request), state.settings, state.heartbeats, state.fleet
+            request_session(request.scope, state.database),
+            authenticated_agent(request),
+            state.settings,
+            state.heartbeats,
+            state.fleet,
         )
 
     @put(
@@ -251,8 +250,10 @@ class AgentRuntimeController(Controller):
         summary="The organization's signed public key set (agent key)",
     )
     async def signing_key(
-        self, request: Request[Any, Any, Any], session: DbSession, kek: Kek, agent_id: FromPath[str]
+        self, request: ByteorRequest, agent_id: FromPath[str]
     ) -> Response[Envelope]:
-        keyset = await current_keyset(session, kek, authenticated_agent(request).org_id)
+        state = request.app.state
+        session = request_session(request.scope, state.database)
+        keyset = await current_keyset(session, state.kek, authenticated_agent(request).org_id)
         await session.commit()
         return Response(keyset)

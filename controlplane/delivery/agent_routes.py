@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File
 from sqlalchemy import select
 
 from controlplane.db.models import DeploymentTargetRow
+from controlplane.db.scoped import request_session
 from controlplane.delivery.convergence import Served, latest_sequence, manifest_for
-from controlplane.delivery.routes import DeliveryDep
+from controlplane.delivery.rollout import Delivery
 from controlplane.deps import Blobs, DbSession, authenticated_agent
 from controlplane.errors import NotFound
+from controlplane.request import ByteorRequest
 from shared.deployments import AgentDeployment, DeploymentReport
 from shared.signing import Envelope
 
@@ -45,14 +46,15 @@ class AgentDeliveryController(Controller):
     )
     async def deployment(
         self,
-        request: Request[Any, Any, Any],
-        state: State,
-        session: DbSession,
-        delivery: DeliveryDep,
+        request: ByteorRequest,
         agent_id: FromPath[str],
         wait: Annotated[float, QueryParameter(ge=0, le=3600)] = 0,
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
     ) -> Response[Any]:
+        # A fleet's most frequent request: nothing for Litestar to resolve (see the heartbeat).
+        state = request.app.state
+        session = request_session(request.scope, state.database)
+        delivery = Delivery.of_app(state)
         agent = authenticated_agent(request)
         fleet: FleetView = state.fleet
         deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
@@ -102,13 +104,12 @@ class AgentDeliveryController(Controller):
     )
     async def report_deployment(
         self,
-        request: Request[Any, Any, Any],
-        state: State,
+        request: ByteorRequest,
         agent_id: FromPath[str],
         data: JSONBody[DeploymentReport],
     ) -> None:
         # Applied with the other reports waiting now, in one transaction; answered once durable.
-        await state.reports.submit(authenticated_agent(request).agent_id, data)
+        await request.app.state.reports.submit(authenticated_agent(request).agent_id, data)
 
     @get(
         "/bundles/{digest:str}",

@@ -245,21 +245,37 @@ async def test_one_unwritable_heartbeat_does_not_hold_back_the_batch(
     assert buffer.pending(good["agent_id"]) is None
 
 
-def test_the_heartbeat_route_has_nothing_for_litestar_to_resolve(tmp_path: Path) -> None:
+AGENT_HOT_ROUTES = [
+    ("POST", "/api/v1/agents/{agent_id:str}/heartbeat", {"request", "agent_id", "data"}),
+    (
+        "GET",
+        "/api/v1/agents/{agent_id:str}/deployment",
+        {"request", "agent_id", "wait", "if_none_match"},
+    ),
+    ("POST", "/api/v1/agents/{agent_id:str}/deployment", {"request", "agent_id", "data"}),
+    ("GET", "/api/v1/agents/{agent_id:str}", {"request", "agent_id"}),
+    ("GET", "/api/v1/agents/{agent_id:str}/signing-key", {"request", "agent_id"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), AGENT_HOT_ROUTES)
+def test_agent_hot_routes_have_nothing_for_litestar_to_resolve(
+    tmp_path: Path, method: str, path: str, expected: set[str]
+) -> None:
     """Two or more dependencies are resolved in an anyio task group, and a ``State`` parameter
-    is copied per request: on the heartbeat each costs more than the rest of the request."""
+    is copied per request: on a heartbeat each costs more than the rest of the request."""
     app = create_app(Settings(data_dir=tmp_path, **GENEROUS_RATE_LIMITS))
-    handlers = {
-        handler.handler_id: handler
+    handlers = [
+        handler
         for route in app.routes
-        if route.path == "/api/v1/agents/{agent_id:str}/heartbeat"
+        if route.path == path
         for handler in getattr(route, "route_handlers", [])
-        if "POST" in handler.http_methods
-    }
+        if method in handler.http_methods
+    ]
     assert len(handlers) == 1
-    (handler,) = handlers.values()
+    (handler,) = handlers
     parameters = set(handler.parsed_fn_signature.parameters)
-    assert parameters == {"request", "agent_id", "data"}
+    assert parameters == expected
     assert not set(handler.resolve_dependencies()) & parameters
     # The request parameter is annotated with a plain class, so Litestar's per-request
     # ``isinstance`` check does not raise and catch a TypeError on a subscripted generic.
