@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psutil
 
+from controlplane.demo import SAMPLE_PLAN
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -30,18 +32,8 @@ UNLIMITED = {
 }
 
 
-#: A small valid pipeline plan (three stages on one ring) the benchmarks deploy.
-PLAN: dict[str, Any] = {
-    "name": "bench",
-    "target": "SingleRing",
-    "stages": [
-        {"id": "decode"},
-        {"id": "enrich", "depends_on": [0]},
-        {"id": "publish", "depends_on": [1]},
-    ],
-    "constraints": {"shards": 1, "ordering": "strict"},
-    "single_ring": {"producer": "single", "scheduling": "dedicated"},
-}
+#: A small valid pipeline plan (three stages on one ring) the benchmarks deploy: the demo's.
+PLAN: dict[str, Any] = {**SAMPLE_PLAN, "name": "bench"}
 
 
 def console_script(name: str) -> str:

@@ -183,18 +183,24 @@ def _guard_reads(engine: AsyncEngine) -> None:
             )
 
 
+async def _begin(session: AsyncSession, *, read_only: bool) -> None:
+    """Start the session's next transaction as a read or a write, on that side's engine."""
+    if session.in_transaction():
+        kind = "begin_read" if read_only else "begin_write"
+        raise RuntimeError(f"{kind} needs a session with no transaction open")
+    bind = session.info.get(_READ_BIND if read_only else _WRITE_BIND)
+    if bind is not None:
+        session.sync_session.bind = bind
+    await session.connection(execution_options={READ_ONLY: read_only})
+
+
 async def begin_write(session: AsyncSession) -> None:
     """Start the session's next transaction as a writer (``BEGIN IMMEDIATE`` on SQLite).
 
     Call it with no transaction open (after a commit or rollback, or before the first
     statement); a session from ``Database.sessionmaker`` is a writer already.
     """
-    if session.in_transaction():
-        raise RuntimeError("begin_write needs a session with no transaction open")
-    writer = session.info.get(_WRITE_BIND)
-    if writer is not None:
-        session.sync_session.bind = writer
-    await session.connection(execution_options={READ_ONLY: False})
+    await _begin(session, read_only=False)
 
 
 async def begin_read(session: AsyncSession) -> None:
@@ -204,12 +210,7 @@ async def begin_read(session: AsyncSession) -> None:
     writer connection. When the transaction ends the session is a writer again. Call it with no
     transaction open.
     """
-    if session.in_transaction():
-        raise RuntimeError("begin_read needs a session with no transaction open")
-    reader = session.info.get(_READ_BIND)
-    if reader is not None:
-        session.sync_session.bind = reader
-    await session.connection(execution_options={READ_ONLY: True})
+    await _begin(session, read_only=True)
 
 
 async def ensure_writable(session: AsyncSession) -> None:
