@@ -35,7 +35,7 @@ from controlplane.bundles.service import BUILD_JOB, build_bundle
 from controlplane.db import database_for
 from controlplane.db.migrate import head_revision, upgrade
 from controlplane.delivery.agent_routes import AgentDeliveryController
-from controlplane.delivery.convergence import waiting_agents
+from controlplane.delivery.convergence import delivery_state
 from controlplane.delivery.deadlines import (
     LEGACY_EXPIRY_JOB,
     enforce_deadline,
@@ -109,12 +109,13 @@ def _lifespan(settings: Settings) -> Any:
         if settings.should_auto_migrate:
             await upgrade(database.engine)
             logger.info("database schema is at %s", app.state.schema_head)
-        signals = AgentSignals()
-        app.state.agent_signals = signals
         heartbeats = HeartbeatBuffer(database, settings.heartbeat_flush_seconds)
         app.state.heartbeats = heartbeats
         # The agents domain asks delivery which agents a manifest waits for, without importing it.
-        app.state.fleet = FleetView(database, settings.fleet_view_ttl_seconds, waiting_agents)
+        fleet = FleetView(database, settings.fleet_view_ttl_seconds, delivery_state)
+        app.state.fleet = fleet
+        signals = AgentSignals(fleet, interval=max(0.05, settings.fleet_view_ttl_seconds))
+        app.state.agent_signals = signals
         agent_keys = AgentKeyCache(
             database, settings.agent_key_cache_seconds, settings.agent_key_cache_size
         )
@@ -140,6 +141,7 @@ def _lifespan(settings: Settings) -> Any:
         try:
             yield
         finally:
+            await signals.shutdown()
             await reports.shutdown()
             await agent_keys.shutdown()
             await keys_task

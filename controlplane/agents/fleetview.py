@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from sqlalchemy import func, select
 
@@ -28,11 +28,20 @@ if TYPE_CHECKING:
 
     from controlplane.db import Database
 
-__all__ = ["EnvironmentView", "FleetView", "WaitingAgents"]
+__all__ = ["DeliveryState", "EnvironmentDelivery", "EnvironmentView", "FleetView"]
 
-#: The agents of an environment whose newest manifest still waits for them. The delivery
-#: domain provides it; this domain does not read delivery's tables.
-WaitingAgents: TypeAlias = Callable[["AsyncSession", str], Awaitable[frozenset[str]]]
+
+class EnvironmentDelivery(NamedTuple):
+    """What the delivery domain says about an environment (this domain reads none of its
+    tables)."""
+
+    #: Agent → sequence of its newest manifest, for agents whose newest manifest still waits.
+    waiting: Mapping[str, int]
+    #: A deployment of the environment is rolling out or rolling back.
+    moving: bool
+
+
+DeliveryState: TypeAlias = Callable[["AsyncSession", str], Awaitable[EnvironmentDelivery]]
 
 _MAX_ENVIRONMENTS = 100_000
 
@@ -40,7 +49,10 @@ _MAX_ENVIRONMENTS = 100_000
 @dataclass(frozen=True, slots=True)
 class EnvironmentView:
     desired_digest: str | None
-    waiting: frozenset[str]
+    #: Agent → sequence of its newest manifest, for agents whose newest manifest still waits.
+    waiting: Mapping[str, int]
+    #: A deployment of the environment is rolling out or rolling back.
+    moving: bool
     pending_keys: frozenset[str]
     keyset_version: int
     read_at: float
@@ -54,10 +66,10 @@ class EnvironmentView:
 
 
 class FleetView:
-    def __init__(self, database: Database, ttl: float, waiting_agents: WaitingAgents) -> None:
+    def __init__(self, database: Database, ttl: float, delivery_state: DeliveryState) -> None:
         self.database = database
         self.ttl = ttl
-        self.waiting_agents = waiting_agents
+        self.delivery_state = delivery_state
         self._views: dict[str, EnvironmentView] = {}
         self._reading: dict[str, tuple[int, asyncio.Future[EnvironmentView]]] = {}
         self.reads = 0
@@ -112,9 +124,11 @@ class FleetView:
             keyset = await session.scalar(
                 select(func.max(KeySetRow.version)).where(KeySetRow.org_id == org_id)
             )
+            delivery = await self.delivery_state(session, env_id)
             return EnvironmentView(
                 desired_digest=desired.bundle_digest if desired else None,
-                waiting=await self.waiting_agents(session, env_id),
+                waiting=delivery.waiting,
+                moving=delivery.moving,
                 pending_keys=frozenset(pending_keys),
                 keyset_version=int(keyset or 0),
                 read_at=read_at,

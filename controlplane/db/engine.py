@@ -270,7 +270,15 @@ def create_database(
             engine = create_async_engine(
                 url, **kwargs, pool_size=1, max_overflow=0, pool_timeout=pool_timeout
             )
-            read_engine = create_async_engine(url, **kwargs, **pool)
+            # Readers keep their connections open (each one is a thread and a file handle;
+            # opening one per request under load costs more than the query).
+            read_engine = create_async_engine(
+                url,
+                **kwargs,
+                pool_size=pool_size + max_overflow,
+                max_overflow=0,
+                pool_timeout=pool_timeout,
+            )
             _tune_sqlite(read_engine)
             _guard_reads(read_engine)
         _tune_sqlite(engine)

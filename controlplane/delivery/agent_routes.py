@@ -23,8 +23,12 @@ from shared.signing import Envelope
 
 if TYPE_CHECKING:
     from controlplane.agents.fleetview import FleetView
+    from controlplane.delivery.signals import AgentSignals
 
-__all__ = ["AgentDeliveryController"]
+__all__ = ["NOTHING_ETAG", "AgentDeliveryController"]
+
+#: The ETag of "no manifest to apply".
+NOTHING_ETAG = '"seq-0"'
 
 
 class AgentDeliveryController(Controller):
@@ -54,45 +58,56 @@ class AgentDeliveryController(Controller):
         # A fleet's most frequent request: nothing for Litestar to resolve (see the heartbeat).
         state = request.app.state
         session = request_session(request.scope, state.database)
-        delivery = Delivery.of_app(state)
         agent = authenticated_agent(request)
         fleet: FleetView = state.fleet
+        signals: AgentSignals = state.agent_signals
         deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
-        # The full convergence decision runs once per request. While waiting, the agent's own
-        # newest manifest is read again only when something may have changed for it: it was
-        # woken in this process, the environment's shared view (one read per environment per
-        # second, not one per waiting agent) shows a manifest waiting for it, or the desired
-        # bundle changed.
-        desired = (await fleet.environment(agent.org_id, agent.env_id)).desired_digest
-        newest = await latest_sequence(session, agent.agent_id)  # before deciding: no lost wake
-        served = await manifest_for(session, delivery, agent.agent_id)
-        while True:
-            if served.issued_to:
-                state.agent_signals.notify(served.issued_to)
-            sequence, manifest = served.sequence, served.manifest
-            etag = f'"seq-{sequence}"'
-            await session.rollback()  # never hold a transaction while waiting
-            remaining = deadline - time.monotonic()
-            if if_none_match != etag or remaining <= 0:
-                break
-            woken = await state.agent_signals.wait(agent.agent_id, timeout=min(1.0, remaining))
+        # Registered before deciding, so a manifest issued meanwhile wakes this poll.
+        with signals.waiter(agent.agent_id) as waiter:
             view = await fleet.environment(agent.org_id, agent.env_id)
-            if not woken and agent.agent_id not in view.waiting and view.desired_digest == desired:
-                served = Served(served.sequence, served.manifest)
-                continue
-            moved_on = view.desired_digest != desired  # converge now, not at the next poll
-            desired = view.desired_digest
-            now_newest = await latest_sequence(session, agent.agent_id)
-            if now_newest != newest or moved_on:
-                newest = now_newest
-                served = await manifest_for(session, delivery, agent.agent_id)
+            newest = -1  # the agent's newest manifest when the decision was taken (-1: unknown)
+            if (
+                if_none_match == NOTHING_ETAG
+                and not view.moving
+                and agent.agent_id not in view.waiting
+                and signals.settled(agent.agent_id, view.desired_digest)
+            ):
+                served = Served(settled=True)  # found settled recently: wait at once
             else:
-                served = Served(served.sequence, served.manifest)
+                newest = await latest_sequence(session, agent.agent_id)
+                served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
+                if served.settled and not view.moving:
+                    signals.settle(agent.agent_id, view.desired_digest)
+            while True:
+                if served.issued_to:
+                    signals.notify(served.issued_to)
+                etag = f'"seq-{served.sequence}"'
+                await session.rollback()  # never hold a transaction while waiting
+                remaining = deadline - time.monotonic()
+                if if_none_match != etag or remaining <= 0:
+                    break
+                # Woken by a manifest issued here, or by the environment's view (any process).
+                waiter.sequence, waiter.desired = served.sequence, view.desired_digest
+                with signals.watching(waiter, agent.org_id, agent.env_id):
+                    woken = await waiter.wait(remaining)
+                served = Served(served.sequence, served.manifest)  # its wake-ups were sent
+                if not woken:
+                    continue
+                waiter.event.clear()  # a wake-up from here on is a new one
+                delivered, waiter.delivered = waiter.delivered, None
+                if delivered is not None and delivered[0] > served.sequence:
+                    served = Served(*delivered)  # issued and committed here just now
+                    continue
+                view = await fleet.environment(agent.org_id, agent.env_id)
+                now_newest = await latest_sequence(session, agent.agent_id)
+                if now_newest != newest or view.desired_digest != waiter.desired:
+                    newest = now_newest
+                    served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
         if if_none_match == etag:
             return Response(content=b"", status_code=304, headers={"ETag": etag})
         body = AgentDeployment(
-            manifest=msgspec.convert(manifest, Envelope) if manifest else None,
-            sequence=sequence,
+            manifest=msgspec.convert(served.manifest, Envelope) if served.manifest else None,
+            sequence=served.sequence,
         )
         return Response(body, headers={"ETag": etag})
 
@@ -109,7 +124,9 @@ class AgentDeliveryController(Controller):
         data: JSONBody[DeploymentReport],
     ) -> None:
         # Applied with the other reports waiting now, in one transaction; answered once durable.
-        await request.app.state.reports.submit(authenticated_agent(request).agent_id, data)
+        agent_id = authenticated_agent(request).agent_id
+        request.app.state.agent_signals.forget(agent_id)  # the agent acted: decide in full
+        await request.app.state.reports.submit(agent_id, data)
 
     @get(
         "/bundles/{digest:str}",

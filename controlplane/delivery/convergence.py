@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import aliased
 
+from controlplane.agents.fleetview import EnvironmentDelivery
 from controlplane.agents.service import observed_bundle
 from controlplane.db.engine import begin_write
 from controlplane.db.models import AgentRow, ConfigBundleRow, DeploymentRow, DeploymentTargetRow
@@ -48,16 +49,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Served",
+    "delivery_state",
     "latest_sequence",
     "latest_target",
     "manifest_for",
     "retry_delay",
-    "waiting_agents",
 ]
 
 
 class _Plan(enum.Enum):
     SERVE = "serve"  # answer with the manifest still waiting for the agent, if there is one
+    SETTLED = "settled"  # nothing to apply, and nothing will be due without a change
     ISSUE = "issue"  # a fresh manifest for the desired bundle
     JOIN = "join"  # a fresh manifest of the deployment now deploying
 
@@ -157,9 +159,11 @@ async def _plan(
     joinable = await _joinable(session, agent)
     if joinable is not None:
         return _Plan.JOIN, None, joinable
-    serve = _Plan.SERVE, _waiting(latest, owner, False, digest), None
+    waiting = _waiting(latest, owner, False, digest)
+    serve = _Plan.SERVE, waiting, None
+    settled = (_Plan.SETTLED if waiting is None else _Plan.SERVE), waiting, None
     if desired is None:
-        return serve
+        return settled
     target = await session.get(DeploymentRow, desired.deployment_id)
     if latest is not None and latest.bundle_digest == desired.bundle_digest:
         status = TargetStatus(latest.status)
@@ -178,9 +182,12 @@ async def _plan(
             and observed.seen_at > latest.updated_at + grace
             and observed.digest != desired.bundle_digest
         )
-        return (_Plan.ISSUE, None, target) if lost and now >= due else serve
+        if lost:
+            return (_Plan.ISSUE, None, target) if now >= due else serve
+        # Settled only once heartbeats agree: a disagreeing one may turn into "lost" later.
+        return settled if observed.digest == desired.bundle_digest else serve
     if observed_bundle(agent, delivery.heartbeats).digest == desired.bundle_digest:
-        return serve
+        return settled
     return _Plan.ISSUE, None, target
 
 
@@ -192,11 +199,16 @@ class Served:
     manifest: Any = None
     #: Agents issued a manifest by this decision (their long polls are woken).
     issued_to: tuple[str, ...] = ()
+    #: Nothing to apply, and nothing falls due later unless something changes (a new desired
+    #: bundle, a deployment moving, a manifest issued, a report or heartbeat from the agent).
+    settled: bool = False
 
     @classmethod
-    def of(cls, target: DeploymentTargetRow | None, *, issued: bool = False) -> Served:
+    def of(
+        cls, target: DeploymentTargetRow | None, *, issued: bool = False, settled: bool = False
+    ) -> Served:
         if target is None:
-            return cls()
+            return cls(settled=settled)
         return cls(target.sequence, target.manifest, (target.agent_id,) if issued else ())
 
 
@@ -211,8 +223,8 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
         await session.rollback()
         return Served()
     plan, serve, deployment = await _plan(session, delivery, agent, utcnow())
-    if plan is _Plan.SERVE or deployment is None:
-        served = Served.of(serve)
+    if plan in (_Plan.SERVE, _Plan.SETTLED) or deployment is None:
+        served = Served.of(serve, settled=plan is _Plan.SETTLED)
         await session.rollback()
         return served
     # Decide again under locks: another process may have just issued this agent a manifest.
@@ -247,11 +259,12 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     return served
 
 
-async def waiting_agents(session: AsyncSession, env_id: str) -> frozenset[str]:
-    """The environment's agents whose newest manifest still waits for them (``issued``)."""
+async def delivery_state(session: AsyncSession, env_id: str) -> EnvironmentDelivery:
+    """The environment's agents whose newest manifest still waits for them (``issued``), with
+    that manifest's sequence, and whether one of its deployments is moving."""
     newer = aliased(DeploymentTargetRow)
-    rows = await session.scalars(
-        select(DeploymentTargetRow.agent_id)
+    rows = await session.execute(
+        select(DeploymentTargetRow.agent_id, DeploymentTargetRow.sequence)
         .join(DeploymentRow, DeploymentRow.id == DeploymentTargetRow.deployment_id)
         .where(
             DeploymentRow.env_id == env_id,
@@ -262,4 +275,15 @@ async def waiting_agents(session: AsyncSession, env_id: str) -> frozenset[str]:
             ),
         )
     )
-    return frozenset(rows)
+    waiting = {agent_id: int(sequence) for agent_id, sequence in rows}
+    moving = await session.scalar(
+        select(
+            exists().where(
+                DeploymentRow.env_id == env_id,
+                DeploymentRow.status.in_(
+                    [DeploymentStatus.DEPLOYING, DeploymentStatus.ROLLING_BACK]
+                ),
+            )
+        )
+    )
+    return EnvironmentDelivery(waiting, bool(moving))

@@ -420,11 +420,12 @@ async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
         # Lock order on every path: deployment, environment, agents.
         current = await desired_state(session, deployment.env_id, for_update=True)
         deployment.previous_deployment_id = current.deployment_id if current else None
-        issued = sorted(
-            await issue_manifests(
-                session, delivery, deployment, targets, bundle, TargetPhase.DEPLOY
-            )
+        manifests = await issue_manifests(
+            session, delivery, deployment, targets, bundle, TargetPhase.DEPLOY
         )
+        issued = sorted(manifests)
+        # Plain values: handed to the waiting polls after the commit.
+        handover = {a: (t.sequence, t.manifest) for a, t in manifests.items()}
         deployment.agent_ids = issued
         deadline = delivery.deadline(context.settings.rollout_timeout_seconds)
         deployment.rollout_deadline_at = deadline
@@ -439,7 +440,7 @@ async def run_rollout(context: JobContext, payload: dict[str, Any]) -> None:
         await reconcile(session, delivery, deployment)
         await session.commit()
         if context.signals is not None:
-            context.signals.notify(issued)
+            context.signals.deliver(handover)
         logger.info("deployment %s deploying to %d agent(s)", deployment.id, len(issued))
 
 

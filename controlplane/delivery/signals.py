@@ -1,35 +1,205 @@
-"""Wakes long-polling agents in this process when a manifest is issued to them.
+"""Long polls waiting for a manifest, and the agents recently found to have nothing to apply.
 
-Long polls in other processes notice new manifests through the environment's shared view
-(``FleetView``, read once per environment per second), so this is an optimisation, not a
-correctness requirement.
+A deployment check that finds nothing new for its agent waits here until one of:
+
+* this process issues the agent a manifest (a rollout, a rollback, a convergence decision), which
+  wakes it at once (:meth:`AgentSignals.notify`);
+* the environment's shared view (:class:`~controlplane.agents.fleetview.FleetView`, read once
+  per environment per ``interval``, in any process) shows a manifest waiting for the agent that
+  is newer than the one it holds, or a new desired bundle.
+
+One watcher task per environment with waiting polls does the second, so a waiting poll costs
+nothing until it is woken: no timer per poll per second. Polls register before they take their
+decision, so a manifest issued meanwhile is never missed.
+
+The control plane also remembers, per agent and for at most ``settled_seconds``, that a full
+convergence decision found it *settled* (nothing to apply, nothing due later) against the
+environment's desired bundle. A new poll of a settled agent, with the ETag of "nothing", in an
+environment where no deployment is moving and no manifest waits for it, skips the decision and
+waits at once. A manifest issued here or a report from the agent forgets it; a new desired
+bundle or a moving deployment makes it irrelevant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["AgentSignals"]
+    from controlplane.agents.fleetview import EnvironmentView, FleetView
+
+__all__ = ["AgentSignals", "Waiter"]
+
+logger = logging.getLogger("byteor.controlplane.delivery")
+
+_MAX_SETTLED = 1_000_000
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """One waiting deployment check: what it holds, and the event that wakes it."""
+
+    agent_id: str
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The sequence of the manifest the poll's ETag names (0: none).
+    sequence: int = 0
+    #: The environment's desired bundle when the poll took its decision.
+    desired: str | None = None
+    #: A manifest issued here meanwhile, handed over as (sequence, envelope): the poll answers
+    #: with it without reading it back (a rollout wakes thousands of polls at once).
+    delivered: tuple[int, Any] | None = None
+
+    def stale_in(self, view: EnvironmentView) -> bool:
+        """Whether ``view`` shows something this poll has not seen."""
+        if view.desired_digest != self.desired:
+            return True
+        waiting = view.waiting.get(self.agent_id)
+        return waiting is not None and waiting > self.sequence
+
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - the poll's own bound
+        """Wait until woken (``True``) or ``timeout`` seconds pass (``False``)."""
+        if not self.event.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.event.wait()
+        return self.event.is_set()
+
+
+@dataclass(slots=True, eq=False)
+class _Environment:
+    org_id: str
+    env_id: str
+    waiters: set[Waiter] = field(default_factory=set)
+    #: Waiters not yet checked against a view read after they took their decision.
+    fresh: set[Waiter] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
 
 
 class AgentSignals:
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+    """Wakes this process's long polls; remembers settled agents. See the module docstring."""
+
+    def __init__(
+        self, fleet: FleetView | None = None, interval: float = 1.0, settled_seconds: float = 60.0
+    ) -> None:
+        self.fleet = fleet
+        self.interval = max(0.05, interval)
+        self.settled_seconds = settled_seconds
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._environments: dict[str, _Environment] = {}
+        self._settled: dict[str, tuple[str | None, float]] = {}
+
+    # --- waking -----------------------------------------------------------------------------
 
     def notify(self, agent_ids: Iterable[str]) -> None:
+        """Wake the polls of these agents (a manifest was issued to them here)."""
         for agent_id in agent_ids:
-            event = self._events.pop(agent_id, None)
-            if event is not None:
-                event.set()
+            self._settled.pop(agent_id, None)
+            for waiter in self._waiters.get(agent_id, ()):
+                waiter.event.set()
 
-    async def wait(self, agent_id: str, timeout: float) -> bool:  # noqa: ASYNC109 - a bounded poll slice
-        """Wait until ``agent_id`` is notified (``True``) or ``timeout`` seconds pass (``False``)."""
-        event = self._events.setdefault(agent_id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=timeout)
-        return event.is_set()
+    def deliver(self, manifests: Mapping[str, tuple[int, Any]]) -> None:
+        """Wake the polls of these agents with the manifest just issued to each (committed)."""
+        for agent_id, manifest in manifests.items():
+            self._settled.pop(agent_id, None)
+            for waiter in self._waiters.get(agent_id, ()):
+                if waiter.delivered is None or waiter.delivered[0] < manifest[0]:
+                    waiter.delivered = manifest
+                waiter.event.set()
+
+    @contextlib.contextmanager
+    def waiter(self, agent_id: str) -> Iterator[Waiter]:
+        """Register a poll before it decides, so a notification meanwhile is not lost."""
+        waiter = Waiter(agent_id)
+        self._waiters.setdefault(agent_id, set()).add(waiter)
+        try:
+            yield waiter
+        finally:
+            waiters = self._waiters.get(agent_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[agent_id]
+
+    @contextlib.contextmanager
+    def watching(self, waiter: Waiter, org_id: str, env_id: str) -> Iterator[None]:
+        """While the poll waits, wake it when the environment's view shows it something new.
+
+        Without a fleet view (a bare worker), only :meth:`notify` wakes polls.
+        """
+        if self.fleet is None:
+            yield
+            return
+        env = self._environments.get(env_id)
+        if env is None:
+            env = self._environments[env_id] = _Environment(org_id, env_id)
+        env.waiters.add(waiter)
+        env.fresh.add(waiter)
+        if env.task is None or env.task.done():
+            env.task = asyncio.create_task(self._watch(env), name=f"long polls of {env_id}")
+        try:
+            yield
+        finally:
+            env.waiters.discard(waiter)
+            env.fresh.discard(waiter)
+
+    async def _watch(self, env: _Environment) -> None:
+        """Check the environment's waiting polls against each view read, until none wait."""
+        assert self.fleet is not None  # noqa: S101 - only started with a fleet view
+        last: EnvironmentView | None = None
+        while env.waiters:
+            await asyncio.sleep(self.interval)
+            try:
+                view = await self.fleet.environment(env.org_id, env.env_id)
+            except Exception:  # noqa: BLE001 - polls time out on their own; try again next tick
+                logger.warning("reading the view of environment %s failed", env.env_id)
+                continue
+            changed = (
+                last is None
+                or view.desired_digest != last.desired_digest
+                or view.waiting != last.waiting
+            )
+            for waiter in list(env.waiters if changed else env.fresh):
+                if waiter.stale_in(view):
+                    waiter.event.set()
+            env.fresh.clear()
+            last = view
+        if self._environments.get(env.env_id) is env:
+            del self._environments[env.env_id]
+
+    # --- settled agents -----------------------------------------------------------------------
+
+    def settle(self, agent_id: str, desired: str | None) -> None:
+        """A full decision found ``agent_id`` settled against the desired bundle ``desired``."""
+        if self.settled_seconds <= 0:
+            return
+        if len(self._settled) >= _MAX_SETTLED:
+            self._settled.clear()
+        self._settled[agent_id] = (desired, time.monotonic() + self.settled_seconds)
+
+    def settled(self, agent_id: str, desired: str | None) -> bool:
+        """Whether ``agent_id`` was found settled against ``desired`` recently."""
+        found = self._settled.get(agent_id)
+        if found is None:
+            return False
+        if found[1] < time.monotonic():
+            del self._settled[agent_id]
+            return False
+        return found[0] == desired
+
+    def forget(self, agent_id: str) -> None:
+        """The agent acted (it reported): take the next decision in full."""
+        self._settled.pop(agent_id, None)
+
+    async def shutdown(self) -> None:
+        """Stop the watchers (their polls end on their own bounds)."""
+        tasks = [env.task for env in self._environments.values() if env.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._environments.clear()

@@ -1,0 +1,186 @@
+"""Long polls: woken by the environment's view or a hand-over, and settled agents skip deciding."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+from sqlalchemy import event
+
+from controlplane.agents.fleetview import EnvironmentView
+from controlplane.delivery.signals import AgentSignals
+from tests.controlplane.agents.helpers import agent_headers
+from tests.controlplane.delivery.world import make_world
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from controlplane.agents.fleetview import FleetView
+    from tests.conftest import Stack
+
+pytestmark = pytest.mark.anyio
+
+
+def _view(desired: str | None = "sha256:a", waiting: Mapping[str, int] | None = None) -> Any:
+    return EnvironmentView(
+        desired_digest=desired,
+        waiting=dict(waiting or {}),
+        moving=False,
+        pending_keys=frozenset(),
+        keyset_version=1,
+        read_at=time.monotonic(),
+        version=0,
+    )
+
+
+@dataclass
+class _Views:
+    """Stands in for the shared view another process's writes show up in."""
+
+    current: EnvironmentView = field(default_factory=_view)
+    reads: int = 0
+
+    async def environment(self, org_id: str, env_id: str) -> EnvironmentView:
+        self.reads += 1
+        return self.current
+
+
+def _signals(views: _Views) -> AgentSignals:
+    return AgentSignals(cast("FleetView", views), interval=0.05)
+
+
+async def _wait(signals: AgentSignals, agent_id: str, sequence: int, seconds: float) -> bool:
+    with signals.waiter(agent_id) as waiter:
+        waiter.sequence, waiter.desired = sequence, "sha256:a"
+        with signals.watching(waiter, "org_1", "env_1"):
+            return await waiter.wait(seconds)
+
+
+async def test_a_manifest_waiting_in_the_view_wakes_the_poll() -> None:
+    views = _Views()
+    signals = _signals(views)
+    polling = asyncio.create_task(_wait(signals, "agt_1", sequence=3, seconds=5))
+    await asyncio.sleep(0.2)
+    assert not polling.done()
+    views.current = _view(waiting={"agt_1": 4})  # issued by another process
+    assert await asyncio.wait_for(polling, 2) is True
+    await signals.shutdown()
+
+
+async def test_the_manifest_the_poll_holds_does_not_wake_it() -> None:
+    views = _Views(_view(waiting={"agt_1": 3, "agt_2": 9}))
+    signals = _signals(views)
+    started = time.monotonic()
+    assert await _wait(signals, "agt_1", sequence=3, seconds=0.4) is False
+    assert time.monotonic() - started >= 0.35
+    assert views.reads >= 2  # it was watched, once per interval, and stayed asleep
+    await signals.shutdown()
+
+
+async def test_a_new_desired_bundle_wakes_every_poll_of_the_environment() -> None:
+    views = _Views()
+    signals = _signals(views)
+    polls = [asyncio.create_task(_wait(signals, f"agt_{i}", 0, 5)) for i in range(3)]
+    await asyncio.sleep(0.2)
+    views.current = _view(desired="sha256:b")
+    assert await asyncio.wait_for(asyncio.gather(*polls), 2) == [True, True, True]
+    await signals.shutdown()
+
+
+async def test_the_watcher_stops_when_no_poll_waits() -> None:
+    views = _Views()
+    signals = _signals(views)
+    assert await _wait(signals, "agt_1", 0, 0.1) is False
+    await asyncio.sleep(0.2)
+    reads = views.reads
+    await asyncio.sleep(0.2)
+    assert views.reads == reads
+    assert not signals._environments
+
+
+async def test_a_handed_over_manifest_reaches_the_waiting_poll() -> None:
+    signals = AgentSignals()
+    with signals.waiter("agt_1") as waiter:
+        signals.deliver({"agt_1": (7, {"payload": "p"}), "agt_other": (2, {})})
+        assert await waiter.wait(1) is True
+        assert waiter.delivered == (7, {"payload": "p"})
+    with signals.waiter("agt_1") as later:
+        assert later.delivered is None  # hand-overs are for polls waiting at that moment
+
+
+async def test_settled_agents_are_remembered_for_a_bounded_time() -> None:
+    signals = AgentSignals(settled_seconds=0.2)
+    signals.settle("agt_1", "sha256:a")
+    assert signals.settled("agt_1", "sha256:a")
+    assert not signals.settled("agt_1", "sha256:b")  # another desired bundle: decide again
+    signals.notify(["agt_1"])  # a manifest was issued to it
+    assert not signals.settled("agt_1", "sha256:a")
+    signals.settle("agt_1", "sha256:a")
+    signals.forget("agt_1")  # it reported
+    assert not signals.settled("agt_1", "sha256:a")
+    signals.settle("agt_1", "sha256:a")
+    await asyncio.sleep(0.25)
+    assert not signals.settled("agt_1", "sha256:a")
+
+
+@dataclass
+class _Statements:
+    texts: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _count_statements(stack: Stack) -> Iterator[_Statements]:
+    seen = _Statements()
+
+    def record(*args: Any) -> None:
+        seen.texts.append(str(args[2]))
+
+    engines = {stack.app.state.database.engine.sync_engine}
+    engines.add(stack.app.state.database.reader_engine.sync_engine)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_a_settled_agent_waits_without_deciding_and_still_gets_the_next_manifest(
+    stack: Stack,
+) -> None:
+    world = await make_world(stack, agents=1)
+    agent = world.agents[0]
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    first = await stack.call("GET", url, headers=agent_headers(agent))
+    assert first.headers["etag"] == '"seq-0"'
+    signals: AgentSignals = stack.app.state.agent_signals
+    view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
+    assert signals.settled(agent["agent_id"], view.desired_digest)
+
+    with _count_statements(stack) as statements:
+        again = await stack.call(
+            "GET", url, headers=agent_headers(agent) | {"If-None-Match": '"seq-0"'}
+        )
+    assert again.status_code == 304
+    assert not [s for s in statements.texts if "deployment_targets" in s], statements.texts
+
+    waiting = asyncio.create_task(
+        stack.call(
+            "GET",
+            url,
+            headers=agent_headers(agent) | {"If-None-Match": '"seq-0"'},
+            params={"wait": 10},
+        )
+    )
+    await asyncio.sleep(0.2)
+    await world.deploy()
+    woke = await asyncio.wait_for(waiting, timeout=10)
+    assert woke.status_code == 200
+    assert woke.json()["sequence"] == 1
+    assert woke.json()["manifest"]["signatures"]
+    assert not signals.settled(agent["agent_id"], view.desired_digest)
