@@ -114,7 +114,7 @@ def _lifespan(settings: Settings) -> Any:
         # The agents domain asks delivery which agents a manifest waits for, without importing it.
         fleet = FleetView(database, settings.fleet_view_ttl_seconds, delivery_state)
         app.state.fleet = fleet
-        signals = AgentSignals(fleet, interval=max(0.05, settings.fleet_view_ttl_seconds))
+        signals = AgentSignals(fleet, interval=settings.fleet_view_ttl_seconds)
         app.state.agent_signals = signals
         agent_keys = AgentKeyCache(
             database, settings.agent_key_cache_seconds, settings.agent_key_cache_size
