@@ -8,8 +8,8 @@ agents in this one asyncio process. Every agent does what ``byteor-agent`` does 
   increasing ``sequence`` and the digest it runs) at the interval the server answers with;
 * long-polls ``GET /api/v1/agents/{id}/deployment?wait=25`` with ``If-None-Match`` on its own
   keep-alive connection, pausing ~1 s between rounds like the agent;
-* on a new manifest: verifies the envelope against the pinned key set with ``shared.signing``
-  and the same payload checks as ``agent/activation/_verify.py`` (refreshing the key set through
+* on a new manifest: verifies it with the real agent's checks
+  (``agent.activation._verify.check_manifest``, on its pinned key set; refreshing the key set through
   ``GET …/signing-key`` + ``verify_keyset_update`` on an unknown kid), reports ``activating``,
   downloads ``GET …/bundles/{digest}``, checks its size and SHA-256 against the signed manifest,
   and reports ``active`` with the bundle digest and spec hash (as ``ActivationOutcome`` does);
@@ -60,17 +60,18 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from agent.activation import ActivationRefused
+from agent.activation._verify import check_manifest
 from benchmarks.harness import PLAN as BENCH_PLAN
 from benchmarks.harness import bootstrap, control_plane, postgres_database, postgres_reachable
 from benchmarks.load import request_bytes
 from shared.agents import EnrollResponse, Heartbeat, HeartbeatResponse
-from shared.deployments import MANIFEST_KIND, AgentDeployment, DeploymentReport, ManifestPayload
+from shared.deployments import AgentDeployment, DeploymentReport, ManifestPayload
 from shared.signing import (
     Envelope,
     UnknownKeyError,
     VerificationError,
     decode_keyset,
-    verify_envelope,
     verify_keyset_update,
 )
 
@@ -255,14 +256,6 @@ class SimAgent:
         )
 
 
-class Refused(Exception):
-    """A manifest this agent will not apply (``reason`` as the real agent names it)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
 @dataclass
 class Fleet:
     """Runs every agent's heartbeat and deployment loops; counts what the server answered."""
@@ -427,7 +420,7 @@ class Fleet:
             return
         try:
             payload = await self._verify(agent, envelope)
-        except Refused as exc:
+        except ActivationRefused as exc:
             self.record("manifest refused", exc.reason)
             return
         if agent.manifest_at is None and self.clock:
@@ -484,7 +477,7 @@ class Fleet:
         """``agent/activation/_verify.py`` on the simulator's state; refreshes keys once."""
         try:
             return _verified(agent, envelope)
-        except Refused as exc:
+        except ActivationRefused as exc:
             if exc.reason != UnknownKeyError.reason:
                 raise
         try:
@@ -493,7 +486,7 @@ class Fleet:
             )
         except _TRANSPORT_ERRORS as exc:
             self.record("signing key", exc)
-            raise Refused("unknown_kid", "could not refresh the key set") from exc
+            raise ActivationRefused("unknown_kid", "could not refresh the key set") from exc
         self.record("signing key", reply.status)
         if reply.status == 200:
             with contextlib.suppress(VerificationError, msgspec.ValidationError):
@@ -503,30 +496,15 @@ class Fleet:
 
 
 def _verified(agent: SimAgent, envelope: Envelope) -> ManifestPayload:
-    try:
-        raw = verify_envelope(
-            envelope,
-            agent.keyset,
-            now=int(time.time()),
-            expected_environment_id=agent.environment_id,
-        )
-    except VerificationError as exc:
-        raise Refused(exc.reason, str(exc)) from exc
-    try:
-        payload = msgspec.convert(raw, ManifestPayload)
-    except msgspec.ValidationError as exc:
-        raise Refused("malformed", f"not a deployment manifest: {exc}") from exc
-    if payload.kind != MANIFEST_KIND:
-        raise Refused("malformed", f"payload kind is {payload.kind!r}")
-    if _DIGEST.fullmatch(payload.bundle_digest) is None or payload.bundle_size <= 0:
-        raise Refused("malformed", "bundle_digest or bundle_size is not valid")
-    if payload.agent_id != agent.agent_id:
-        raise Refused("wrong_agent", f"the manifest is for agent {payload.agent_id!r}")
-    if payload.org_id != agent.org_id:
-        raise Refused("wrong_organization", f"the manifest is for org {payload.org_id!r}")
-    if payload.sequence <= agent.last_sequence:
-        raise Refused("replayed", f"sequence {payload.sequence} <= {agent.last_sequence}")
-    return payload
+    """The real agent's manifest checks, on the simulated agent's decoded key set."""
+    return check_manifest(
+        envelope,
+        agent.keyset,
+        agent_id=agent.agent_id,
+        org_id=agent.org_id,
+        environment_id=agent.environment_id,
+        last_sequence=agent.last_sequence,
+    )
 
 
 def _bundle_failure(archive: bytes, payload: ManifestPayload) -> str | None:

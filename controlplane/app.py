@@ -13,6 +13,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from controlplane.agents.fastlane import HeartbeatFastLane
 from controlplane.agents.fleetview import FleetView
 from controlplane.agents.heartbeats import HeartbeatBuffer
 from controlplane.agents.keycache import AgentKeyCache
@@ -234,7 +235,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             **dependencies,
             "delivery": Provide(Delivery.of_app, sync_to_thread=False),
         },
-        middleware=[MetricsMiddleware, AddressThrottleMiddleware, auth, CredentialLimitMiddleware],
+        middleware=[
+            MetricsMiddleware,
+            HeartbeatFastLane,
+            AddressThrottleMiddleware,
+            auth,
+            CredentialLimitMiddleware,
+        ],
         exception_handlers=exception_handlers,
         lifespan=[_lifespan(settings)],
         openapi_config=openapi,

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     agent_key_cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
         default=50_000, description="most agent keys kept in the in-memory cache (LRU)"
     )
+    heartbeat_fast_lane: bool = Field(
+        default=True,
+        description=(
+            "serve the usual heartbeat (cached key, small valid body) without the framework's "
+            "per-request work; anything else takes the ordinary route either way"
+        ),
+    )
     fleet_view_ttl_seconds: Annotated[float, Field(ge=0, le=10)] = Field(
         default=1.0,
         description=(

@@ -14,9 +14,9 @@ from shared.signing import VerificationError, decode_keyset, verify_envelope
 
 if TYPE_CHECKING:
     from agent.state import AgentState
-    from shared.signing import Envelope
+    from shared.signing import Envelope, KeySet
 
-__all__ = ["digest_hex", "verify_manifest"]
+__all__ = ["check_manifest", "digest_hex", "verify_manifest"]
 
 _DIGEST: Final = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -59,6 +59,36 @@ def verify_manifest(envelope: Envelope, state: AgentState) -> ManifestPayload:
         ActivationRefused: With a :class:`~shared.signing.VerificationError` reason, or
             ``malformed``, ``wrong_agent``, ``wrong_organization`` or ``replayed``.
     """
+    try:
+        keyset = decode_keyset(state.keyset)
+    except VerificationError as exc:
+        deployment_id, sequence = _claimed(envelope)
+        raise ActivationRefused(
+            exc.reason, str(exc), deployment_id=deployment_id, sequence=sequence
+        ) from exc
+    return check_manifest(
+        envelope,
+        keyset,
+        agent_id=state.agent_id,
+        org_id=state.org_id,
+        environment_id=state.environment_id,
+        last_sequence=state.last_sequence,
+    )
+
+
+def check_manifest(
+    envelope: Envelope,
+    keyset: KeySet,
+    *,
+    agent_id: str,
+    org_id: str,
+    environment_id: str,
+    last_sequence: int,
+) -> ManifestPayload:
+    """:func:`verify_manifest` on an already decoded key set and the agent's identity.
+
+    The fleet benchmark's simulated agents verify with this, so they check what a real one does.
+    """
     deployment_id, sequence = _claimed(envelope)
 
     def refuse(reason: str, message: str) -> ActivationRefused:
@@ -66,10 +96,7 @@ def verify_manifest(envelope: Envelope, state: AgentState) -> ManifestPayload:
 
     try:
         raw = verify_envelope(
-            envelope,
-            decode_keyset(state.keyset),
-            now=int(time.time()),
-            expected_environment_id=state.environment_id,
+            envelope, keyset, now=int(time.time()), expected_environment_id=environment_id
         )
     except VerificationError as exc:
         raise refuse(exc.reason, str(exc)) from exc
@@ -81,12 +108,10 @@ def verify_manifest(envelope: Envelope, state: AgentState) -> ManifestPayload:
         raise refuse("malformed", f"payload kind is {payload.kind!r}, not {MANIFEST_KIND!r}")
     if _DIGEST.fullmatch(payload.bundle_digest) is None or payload.bundle_size <= 0:
         raise refuse("malformed", "bundle_digest or bundle_size is not valid")
-    if payload.agent_id != state.agent_id:
+    if payload.agent_id != agent_id:
         raise refuse("wrong_agent", f"the manifest is for agent {payload.agent_id!r}")
-    if payload.org_id != state.org_id:
+    if payload.org_id != org_id:
         raise refuse("wrong_organization", f"the manifest is for org {payload.org_id!r}")
-    if payload.sequence <= state.last_sequence:
-        raise refuse(
-            "replayed", f"sequence {payload.sequence} is not newer than {state.last_sequence}"
-        )
+    if payload.sequence <= last_sequence:
+        raise refuse("replayed", f"sequence {payload.sequence} is not newer than {last_sequence}")
     return payload

@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
 from controlplane.agents import enrollment, service
+from controlplane.agents.fastlane import FAST_LANE
 from controlplane.auth.principal import EnrollmentCredential
 from controlplane.db.scoped import request_session
 from controlplane.deps import Caller, DbSession, JobQueue, Kek, Paging, Where, authenticated_agent
@@ -219,7 +220,7 @@ class AgentRuntimeController(Controller):
     @post(
         "/heartbeat",
         status_code=200,
-        opt={"scope": "agent:heartbeat", "transaction": "read"},
+        opt={"scope": "agent:heartbeat", "transaction": "read", FAST_LANE: True},
         summary="Report liveness and resource usage; learn the next interval and what awaits",
     )
     async def heartbeat(

@@ -78,6 +78,11 @@ class Metrics:
         self.heartbeats = Counter(
             "byteor_heartbeats_received", "Agent heartbeats received", registry=r
         )
+        self.heartbeats_fast_lane = Counter(
+            "byteor_heartbeats_fast_lane",
+            "Agent heartbeats served by the fast lane (the rest took the ordinary route)",
+            registry=r,
+        )
         self.enrollments = Counter(
             "byteor_enrollments", "Agent enrollments by outcome", ["outcome"], registry=r
         )

@@ -29,7 +29,13 @@ if TYPE_CHECKING:
 
     from controlplane.ratelimit.limiter import RateLimiter, Verdict
 
-__all__ = ["AddressThrottleMiddleware", "CredentialLimitMiddleware"]
+__all__ = [
+    "AddressThrottleMiddleware",
+    "CredentialLimitMiddleware",
+    "client_address",
+    "refused",
+    "with_rate_limit_headers",
+]
 
 EXEMPT = re.compile(r"^/(healthz|readyz|metrics)/?$|^/schema(/|$)")
 ENROLL = re.compile(r"^/api/v1/orgs/[^/]+/projects/[^/]+/environments/[^/]+/agents/?$")
@@ -40,7 +46,7 @@ def _limiter(scope: Scope) -> RateLimiter:
     return limiter
 
 
-def _address(scope: Scope) -> str:
+def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 
@@ -63,11 +69,11 @@ def _has_credential(scope: Scope) -> bool:
     return False
 
 
-def _refuse(verdict: Verdict, detail: str) -> TooManyRequests:
+def refused(verdict: Verdict, detail: str) -> TooManyRequests:
     return TooManyRequests(detail, retry_after=verdict.retry_after, headers=verdict.headers())
 
 
-def _with_headers(send: Send, headers: dict[str, str], status: list[int]) -> Send:
+def with_rate_limit_headers(send: Send, headers: dict[str, str], status: list[int]) -> Send:
     """``send`` that records the response status and adds ``headers`` to the response."""
     raw = [
         (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
@@ -93,27 +99,27 @@ class AddressThrottleMiddleware:
             await self.app(scope, receive, send)
             return
         limiter = _limiter(scope)
-        address = _address(scope)
+        address = client_address(scope)
         enrolling = scope.get("method") == "POST" and ENROLL.match(scope["path"]) is not None
         if (
             enrolling
             and not (verdict := await limiter.peek("enrollment_failures", address)).allowed
         ):
-            raise _refuse(verdict, "Too many failed enrollments from this address; slow down")
+            raise refused(verdict, "Too many failed enrollments from this address; slow down")
         headers: dict[str, str] = {}
         credentialed = _has_credential(scope)
         if credentialed:
             verdict = await limiter.peek("anonymous", address)
             if not verdict.allowed:
-                raise _refuse(verdict, "Too many failed authentications from this address")
+                raise refused(verdict, "Too many failed authentications from this address")
         else:
             verdict = await limiter.hit("anonymous", address)
             if not verdict.allowed:
-                raise _refuse(verdict, "Too many unauthenticated requests from this address")
+                raise refused(verdict, "Too many unauthenticated requests from this address")
             headers = verdict.headers()
         status: list[int] = []
         try:
-            await self.app(scope, receive, _with_headers(send, headers, status))
+            await self.app(scope, receive, with_rate_limit_headers(send, headers, status))
         except Exception as exc:
             # Errors raised by inner middleware (authentication) are rendered outside this layer:
             # read the status off the exception and attach the headers to it.
@@ -149,5 +155,5 @@ class CredentialLimitMiddleware:
             return
         verdict = await _limiter(scope).hit(bucket, key)
         if not verdict.allowed:
-            raise _refuse(verdict, f"Rate limit of the {bucket} budget reached; retry later")
-        await self.app(scope, receive, _with_headers(send, verdict.headers(), []))
+            raise refused(verdict, f"Rate limit of the {bucket} budget reached; retry later")
+        await self.app(scope, receive, with_rate_limit_headers(send, verdict.headers(), []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,9 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from limits import parse
 
 from controlplane.app import create_app
 from controlplane.auth.service import bootstrap_owner
+from controlplane.ratelimit.limiter import Budgets, RateLimiter, SweptMemoryStorage
 from controlplane.settings import Settings
 from tests.conftest import Actor, Stack, in_process_client
 from tests.controlplane.agents.helpers import (
@@ -178,3 +181,59 @@ async def test_openapi_documents_429_and_413(limited: tuple[Stack, Actor]) -> No
     assert "413" in responses
     assert "Retry-After" in responses["429"]["headers"]
     assert "X-RateLimit-Remaining" in responses["429"]["headers"]
+
+
+def _limiter(limit: str) -> RateLimiter:
+    budgets = Budgets(
+        bearer=parse(limit),
+        agent=parse(limit),
+        artifact_upload=parse(limit),
+        anonymous=parse(limit),
+        enrollment=parse(limit),
+    )
+    return RateLimiter("memory://", budgets)
+
+
+async def test_a_peek_sees_every_hit_of_this_process() -> None:
+    limiter = _limiter("3/minute")
+    # Never counted: the full budget, without touching the storage.
+    fresh = await limiter.peek("anonymous", "10.0.0.1")
+    assert (fresh.allowed, fresh.remaining, fresh.limit) == (True, 3, 3)
+    for remaining in (2, 1, 0):
+        hit = await limiter.hit("anonymous", "10.0.0.1")
+        assert (hit.allowed, hit.remaining) == (True, remaining)
+    spent = await limiter.peek("anonymous", "10.0.0.1")
+    assert not spent.allowed
+    assert spent.retry_after >= 1
+    # Other keys and other buckets keep their own budgets.
+    assert (await limiter.peek("anonymous", "10.0.0.2")).allowed
+    assert (await limiter.peek("enrollment_failures", "10.0.0.1")).allowed
+    refused = await limiter.hit("anonymous", "10.0.0.1")
+    assert not refused.allowed
+
+
+def test_the_memory_storage_sweeps_inline_without_timer_threads() -> None:
+    storage = SweptMemoryStorage(sweep_seconds=0.05)
+    time.sleep(0.05)  # the parent's one start-up timer has fired
+    threads = threading.active_count()
+    storage.incr("short", 0.01)
+    storage.incr("long", 60)
+    assert threading.active_count() == threads
+    time.sleep(0.06)
+    assert storage.get("short") == 0  # expired counters read as zero, swept or not
+    storage.incr("long", 60)  # the next count past the interval sweeps
+    assert "short" not in storage.expirations
+    assert storage.get("long") == 2
+    assert threading.active_count() == threads
+
+
+async def test_counted_keys_are_forgotten_once_their_windows_pass() -> None:
+    limiter = _limiter("2/second")
+    await limiter.hit("agent", "key-a")
+    assert ("agent", "key-a") in limiter._counted
+    limiter._counted[("agent", "key-a")] -= 3  # counted three seconds ago: both windows passed
+    assert (await limiter.peek("agent", "key-a")).remaining == 2
+    limiter._next_prune = 0
+    await limiter.hit("agent", "key-b")
+    assert ("agent", "key-a") not in limiter._counted
+    assert ("agent", "key-b") in limiter._counted
