@@ -4,7 +4,8 @@ During a rollout every host reports twice within seconds. Applied one by one, ea
 write transaction, and on SQLite writers take turns: while the event loop is busy with the
 fleet, each transaction holds the write lock for several event-loop round trips, and reports
 queue behind each other. :class:`ReportBatcher` applies every report waiting at that moment in
-one transaction (each in a savepoint, so a bad report fails alone), reconciles each touched
+one transaction (all of them read and moved in a few statements; a refused report is checked
+before its target moves, so it fails alone and changes nothing), reconciles each touched
 deployment once, commits once and only then answers each request: a report is acknowledged
 only once it is durable, as before.
 """
@@ -17,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from controlplane.delivery.rollout import reconcile, record_report
+from controlplane.delivery.rollout import reconcile, record_reports
 from controlplane.errors import DomainError
 
 if TYPE_CHECKING:
@@ -81,22 +82,21 @@ class ReportBatcher:
             self.batches += 1
 
     async def _apply(self, batch: list[_Pending]) -> None:
-        # One lock order for every batch: deployments by id.
-        batch.sort(key=lambda item: item.report.deployment_id)
         touched: dict[str, DeploymentRow] = {}
         async with self.database.sessionmaker() as session:
-            for item in batch:
-                try:
-                    async with session.begin_nested():
-                        deployment = await record_report(session, item.agent_id, item.report)
-                except DomainError as exc:
-                    item.done.set_exception(exc)  # answered at once: nothing of it is kept
-                    continue
-                if deployment is not None:
-                    touched[deployment.id] = deployment
+            # A few statements for the whole batch, not a few per report: on a busy event loop
+            # every statement waits its turn, and the writer's one connection is held meanwhile.
+            outcomes = await record_reports(
+                session, [(item.agent_id, item.report) for item in batch]
+            )
+            for item, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    item.done.set_exception(outcome)  # answered at once: nothing of it is kept
+                elif outcome is not None:
+                    touched[outcome.id] = outcome
             delivery = self.delivery()
-            for deployment in touched.values():
-                await reconcile(session, delivery, deployment)
+            for deployment_id in sorted(touched):
+                await reconcile(session, delivery, touched[deployment_id])
             await session.commit()
 
     async def shutdown(self) -> None:

@@ -39,7 +39,7 @@ from controlplane.delivery.states import (
     TargetStatus,
 )
 from controlplane.environments.service import DesiredState, desired_state, set_desired_state
-from controlplane.errors import Conflict, NotFound
+from controlplane.errors import Conflict, DomainError, NotFound
 from controlplane.jobs import PermanentJobError
 from controlplane.jobs.engine import enqueue
 from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
@@ -48,7 +48,7 @@ from shared.deployments import DeploymentReport, ManifestApproval, ManifestPaylo
 from shared.signing import sign_payload
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from litestar.datastructures import State
@@ -71,6 +71,7 @@ __all__ = [
     "locked_deployment",
     "reconcile",
     "record_report",
+    "record_reports",
     "run_rollout",
     "start_rollback",
 ]
@@ -651,17 +652,69 @@ async def record_report(
 
     Returns the deployment to reconcile, or ``None`` when the report changes nothing (a repeat,
     or ``activating``, from which nothing can be decided).
+
+    Raises:
+        NotFound: no such manifest for this agent.
+        Conflict: the manifest was already reported otherwise, or cannot be reported so.
     """
-    deployment = await locked_deployment(session, report.deployment_id)
-    target = await session.scalar(
+    (outcome,) = await record_reports(session, [(agent_id, report)])
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+async def record_reports(
+    session: AsyncSession, reports: Sequence[tuple[str, DeploymentReport]]
+) -> list[DeploymentRow | DomainError | None]:
+    """:func:`record_report` for many ``(agent_id, report)`` at once, in a few statements.
+
+    Each outcome is what :func:`record_report` would return or raise for that report, applied
+    in order (a later report of the same manifest sees the earlier one's move). A refused
+    report changes nothing: every check runs before its target moves. The deployments are
+    locked in id order, then their targets, as one report alone would lock them.
+    """
+    if not reports:
+        return []
+    deployment_ids = sorted({report.deployment_id for _, report in reports})
+    deployments = {
+        row.id: row
+        for row in await session.scalars(
+            select(DeploymentRow)
+            .where(DeploymentRow.id.in_(deployment_ids))
+            .order_by(DeploymentRow.id)
+            .with_for_update()
+        )
+    }
+    wanted = {(report.deployment_id, agent_id, report.sequence) for agent_id, report in reports}
+    targets: dict[tuple[str, str, int], DeploymentTargetRow] = {}
+    for row in await session.scalars(
         select(DeploymentTargetRow)
         .where(
-            DeploymentTargetRow.deployment_id == report.deployment_id,
-            DeploymentTargetRow.agent_id == agent_id,
-            DeploymentTargetRow.sequence == report.sequence,
+            DeploymentTargetRow.deployment_id.in_(deployment_ids),
+            DeploymentTargetRow.agent_id.in_(sorted({agent_id for agent_id, _ in reports})),
         )
+        .order_by(DeploymentTargetRow.deployment_id, DeploymentTargetRow.agent_id)
         .with_for_update()
-    )
+    ):
+        key = (row.deployment_id, row.agent_id, row.sequence)
+        if key in wanted:
+            targets[key] = row
+    outcomes: list[DeploymentRow | DomainError | None] = []
+    for agent_id, report in reports:
+        deployment = deployments.get(report.deployment_id)
+        target = targets.get((report.deployment_id, agent_id, report.sequence))
+        try:
+            outcomes.append(_move_reported(deployment, target, report))
+        except DomainError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _move_reported(
+    deployment: DeploymentRow | None,
+    target: DeploymentTargetRow | None,
+    report: DeploymentReport,
+) -> DeploymentRow | None:
     if deployment is None or target is None:
         raise NotFound(
             f"No manifest {report.sequence} of deployment {report.deployment_id} for this agent"
