@@ -150,6 +150,9 @@ class AgentDeliveryController(Controller):
             )
             .limit(1)
         )
+        # The pooled connection goes back before the archive streams: during a rollout a whole
+        # fleet downloads at once, and the read must not be held for as long as a slow host reads.
+        await session.rollback()
         if deployed is None or not blobs.exists(digest):
             raise NotFound(f"No bundle {digest} was deployed to this agent")
         return File(path=blobs.path_for(digest), media_type="application/gzip")

@@ -3,9 +3,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from typing import Any
 
+import httpx
 import pytest
 
+from controlplane.db import scoped
 from shared.roles import Role
 from tests.conftest import Stack
 from tests.controlplane.agents.helpers import agent_headers
@@ -351,3 +354,31 @@ async def test_unknown_status_filter_is_400(stack: Stack) -> None:
         "GET", f"{world.tree.env_path}/deployments", world.tree.owner, params={"status": "bogus"}
     )
     assert listed.status_code == 400
+
+
+async def test_a_bundle_streams_with_no_transaction_held(stack: Stack) -> None:
+    world = await make_world(stack, agents=1)
+    deployment = (await world.deploy()).json()
+    await world.wait_status(deployment["id"], "deploying")
+    agent = world.agents[0]
+    manifest = await world.manifest(agent)
+    held: list[bool | None] = []
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def observed(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body") and not held:
+                session = scope.get("state", {}).get(scoped._KEY)
+                held.append(None if session is None else session.in_transaction())
+            await send(message)
+
+        await stack.app(scope, receive, observed)
+
+    transport = httpx.ASGITransport(app=watched)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        archive = await client.get(
+            f"/api/v1/agents/{agent['agent_id']}/bundles/{manifest.bundle_digest}",
+            headers=agent_headers(agent),
+        )
+    assert archive.status_code == 200
+    assert len(archive.content) == manifest.bundle_size
+    assert held == [False]  # the request's session exists but holds no transaction (connection)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 
 from controlplane.delivery.rollout import record_reports
-from shared.deployments import DeploymentReport
+from shared.deployments import DeploymentReport, ReportStatus
 from tests.conftest import Stack
 from tests.controlplane.delivery.world import make_world
 
@@ -56,7 +56,7 @@ async def test_a_batch_of_reports_costs_a_few_statements_whatever_its_size(stack
     manifests = [await world.manifest(agent) for agent in world.agents]
     ids = [agent["agent_id"] for agent in world.agents]
 
-    def report(i: int, status: str, **extra: Any) -> tuple[str, DeploymentReport]:
+    def report(i: int, status: ReportStatus, **extra: Any) -> tuple[str, DeploymentReport]:
         m = manifests[i]
         fields: dict[str, Any] = {"sequence": m.sequence} | extra
         return ids[i], DeploymentReport(m.deployment_id, status=status, **fields)
