@@ -801,7 +801,12 @@ def _target_ok(row: dict[str, Any]) -> bool:
 
 
 async def measure(
-    agents: int, workdir: Path, *, database_url: str | None = None, budget: float = 300.0
+    agents: int,
+    workdir: Path,
+    *,
+    database_url: str | None = None,
+    budget: float = 300.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """One convergence measurement of ``agents`` simulated agents against a fresh server."""
     nofile = raise_open_file_limit()
@@ -813,6 +818,7 @@ async def measure(
         "backend": "postgres" if database_url else "sqlite",
         "heartbeat_interval_seconds": heartbeat,
         "timeout_seconds": budget,
+        "server_workers": workers,
     }
     extra = {
         "BYTEOR_CLOUD_AGENT_HEARTBEAT_INTERVAL_SECONDS": str(heartbeat),
@@ -825,7 +831,7 @@ async def measure(
     # Server settings to try (BYTEOR_CLOUD_DATABASE_POOL_SIZE=20 python -m benchmarks.fleet …).
     extra.update({k: v for k, v in os.environ.items() if k.startswith("BYTEOR_CLOUD_")})
     row["server_overrides"] = sorted(k for k in os.environ if k.startswith("BYTEOR_CLOUD_"))
-    with control_plane(workdir, database_url=database_url, extra=extra) as cp:
+    with control_plane(workdir, database_url=database_url, extra=extra, workers=workers) as cp:
         try:
             await _converge(cp, agents, budget, row)
         except Exception as exc:  # noqa: BLE001 - one failed measurement must not end the run
@@ -940,6 +946,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="run(quick=False)")
     parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL")
     parser.add_argument("--budget", type=float, default=300.0, help="convergence timeout (s)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers N (PostgreSQL: N processes)"
+    )
     args = parser.parse_args()
     if not args.agents:
         print(json.dumps(run(quick=not args.full), indent=2))
@@ -949,9 +958,13 @@ def main() -> None:
             workdir = Path(os.environ.get("BENCH_KEEP_DIR") or tmp) / f"fleet-{n}"
             if args.postgres:
                 with postgres_database() as url:
-                    row = asyncio.run(measure(n, workdir, database_url=url, budget=args.budget))
+                    row = asyncio.run(
+                        measure(
+                            n, workdir, database_url=url, budget=args.budget, workers=args.workers
+                        )
+                    )
             else:
-                row = asyncio.run(measure(n, workdir, budget=args.budget))
+                row = asyncio.run(measure(n, workdir, budget=args.budget, workers=args.workers))
         print(json.dumps(row, indent=2))
 
 

@@ -130,9 +130,13 @@ def postgres_reachable() -> bool:
 
 @contextlib.contextmanager
 def control_plane(
-    data_dir: Path, *, database_url: str | None = None, extra: dict[str, str] | None = None
+    data_dir: Path,
+    *,
+    database_url: str | None = None,
+    extra: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[ControlPlane]:
-    """Start a control plane in ``data_dir`` and wait until it is ready."""
+    """Start a control plane in ``data_dir`` (``serve --workers``) and wait until it is ready."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = clean_env(
@@ -144,7 +148,14 @@ def control_plane(
     log = data_dir / "server.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [console_script("byteor-controlplane"), "serve", "--port", str(port)],
+            [
+                console_script("byteor-controlplane"),
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             cwd=data_dir,
             env=env,
             stdout=out,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -90,6 +91,15 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
                 "lock; use PostgreSQL (BYTEOR_CLOUD_DATABASE_URL) to scale out",
                 workers,
             )
+        # What every worker would otherwise race to do on a fresh install, done once here: the
+        # key-encryption key file (when no key is set) and the schema. The workers then skip it.
+        from controlplane.signing.kek import load_kek
+
+        load_kek(settings)
+        if settings.should_auto_migrate:
+            revision = asyncio.run(_migrate(settings))
+            logger.info("database schema is at %s", revision)
+        os.environ["BYTEOR_CLOUD_AUTO_MIGRATE"] = "false"
         # Each worker process builds its own app from the same BYTEOR_CLOUD_* environment and
         # accepts connections on the socket bound here. uvicorn's supervisor restarts a worker
         # that dies; on SIGTERM each worker finishes its in-flight requests (no /readyz drain

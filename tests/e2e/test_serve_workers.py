@@ -20,24 +20,33 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 async def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
     async with throwaway_database("postgresql", tmp_path) as url:
-        await anyio.to_thread.run_sync(serve_with_two_workers, url, tmp_path)
+        await anyio.to_thread.run_sync(serve_with_two_workers, url, tmp_path, False)
 
 
-def serve_with_two_workers(url: str, tmp_path: Path) -> None:
+async def test_workers_on_a_fresh_database_prepare_it_once(tmp_path: Path) -> None:
+    """Auto-migration and the key file happen once, in the parent, not raced by the workers."""
+    async with throwaway_database("postgresql", tmp_path) as url:
+        await anyio.to_thread.run_sync(serve_with_two_workers, url, tmp_path, True)
+    assert (tmp_path / "data" / "kek.key").stat().st_mode & 0o777 == 0o600
+
+
+def serve_with_two_workers(url: str, tmp_path: Path, auto_migrate: bool) -> None:
     env = clean_env(
         BYTEOR_CLOUD_DATABASE_URL=url,
         BYTEOR_CLOUD_DATA_DIR=str(tmp_path / "data"),
+        BYTEOR_CLOUD_AUTO_MIGRATE=str(auto_migrate).lower(),
         **GENEROUS_RATE_LIMITS,
     )
-    migrated = subprocess.run(
-        [console_script("byteor-controlplane"), "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert migrated.returncode == 0, migrated.stderr
+    if not auto_migrate:
+        migrated = subprocess.run(
+            [console_script("byteor-controlplane"), "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert migrated.returncode == 0, migrated.stderr
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
