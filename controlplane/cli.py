@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
+    from litestar import Litestar
+
     from controlplane.settings import Settings
 
 __all__ = ["main"]
@@ -105,11 +107,25 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
         # that dies; on SIGTERM each worker finishes its in-flight requests (no /readyz drain
         # phase: take the instance out of the load balancer first).
         config = uvicorn.Config(
-            "controlplane.app:create_app", factory=True, workers=workers, **options
+            "controlplane.cli:worker_app", factory=True, workers=workers, **options
         )
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     logger.info("control plane stopped")
     return 0
+
+
+def worker_app() -> Litestar:
+    """The app of one ``serve --workers N`` process (uvicorn calls this in each worker it spawns).
+
+    A spawned worker starts a fresh interpreter: its logging is configured here, as the parent's
+    was, or its records would go to Python's last-resort handler (plain text, warnings only).
+    """
+    from controlplane.app import create_app
+    from controlplane.settings import Settings
+
+    settings = Settings()
+    _configure_logging(settings)
+    return create_app(settings)
 
 
 async def _migrate(settings: Settings) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -98,4 +99,8 @@ def serve_with_two_workers(url: str, tmp_path: Path, auto_migrate: bool) -> None
             process.kill()
             raise
     assert code == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    # Every process logs as configured (JSON lines), the workers as well as the parent.
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert any("key file" in r["msg"] for r in records), text  # a worker's warning, as JSON
