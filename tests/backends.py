@@ -7,7 +7,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -15,7 +15,17 @@ POSTGRES_DSN = os.environ.get(
     "BYTEOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
-__all__ = ["POSTGRES_DSN", "throwaway_database"]
+#: Set to ``1`` (CI does) to turn "PostgreSQL or Redis is unreachable" from a skip into a failure.
+REQUIRE_SERVICES_ENV = "BYTEOR_REQUIRE_SERVICES"
+
+__all__ = ["POSTGRES_DSN", "REQUIRE_SERVICES_ENV", "service_unavailable", "throwaway_database"]
+
+
+def service_unavailable(message: str) -> NoReturn:
+    """Skip the calling test, saying why; fail it instead under ``BYTEOR_REQUIRE_SERVICES=1``."""
+    if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_SERVICES_ENV}=1)", pytrace=False)
+    pytest.skip(message)
 
 
 async def _postgres_admin() -> Any:
@@ -24,7 +34,7 @@ async def _postgres_admin() -> Any:
     try:
         return await asyncpg.connect(POSTGRES_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_DSN} is unreachable: {exc}")
+        service_unavailable(f"PostgreSQL at {POSTGRES_DSN} is unreachable: {exc}")
 
 
 @asynccontextmanager

@@ -488,6 +488,11 @@ def other_agent(host: Host, new: Bundle) -> Envelope:
     return manifest(host.keys, new, 2, agent_id="agt_other")
 
 
+def other_organization(host: Host, new: Bundle) -> Envelope:
+    host.download.add(new)
+    return manifest(host.keys, new, 2, org_id="org_other")
+
+
 def other_kind(host: Host, new: Bundle) -> Envelope:
     host.download.add(new)
     return manifest(host.keys, new, 2, kind="keyset")
@@ -557,6 +562,7 @@ REFUSALS: list[tuple[str, Setup, str]] = [
     ("expired", expired, "expired"),
     ("other-environment", other_environment, "wrong_environment"),
     ("other-agent", other_agent, "wrong_agent"),
+    ("other-organization", other_organization, "wrong_organization"),
     ("other-kind", other_kind, "malformed"),
     (
         "dot-dot-member",

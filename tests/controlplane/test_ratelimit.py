@@ -23,6 +23,7 @@ from tests.controlplane.agents.helpers import (
     enrolled_agent,
     enrollment_token,
 )
+from tests.controlplane.artifacts.kit import metadata, signing_agent, upload
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +238,28 @@ async def test_counted_keys_are_forgotten_once_their_windows_pass() -> None:
     await limiter.hit("agent", "key-b")
     assert ("agent", "key-a") not in limiter._counted
     assert ("agent", "key-b") in limiter._counted
+
+
+async def test_artifact_uploads_spend_their_own_budget(limited: tuple[Stack, Actor]) -> None:
+    stack, owner = limited
+    tree = await stack.tree(owner)
+    agent = await signing_agent(stack, tree)
+
+    async def upload_one(n: int) -> httpx.Response:
+        content = f"telemetry {n} {tree.env_id}".encode()
+        return await upload(stack, agent, metadata(agent, content, kind="telemetry"), content)
+
+    first, second = await upload_one(1), await upload_one(2)
+    assert [first.status_code, second.status_code] == [201, 201], second.text
+    assert [r.headers["x-ratelimit-limit"] for r in (first, second)] == ["2", "2"]
+    assert [r.headers["x-ratelimit-remaining"] for r in (first, second)] == ["1", "0"]
+    assert_limited(await upload_one(3), 2)
+    # The agent's own budget (3/minute) was not spent by the uploads.
+    beat = await stack.call(
+        "POST",
+        f"/api/v1/agents/{agent.agent_id}/heartbeat",
+        headers=agent.headers,
+        json={"sequence": 1},
+    )
+    assert beat.status_code == 200, beat.text
+    assert (beat.headers["x-ratelimit-limit"], beat.headers["x-ratelimit-remaining"]) == ("3", "2")

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.backends import service_unavailable
 from tests.e2e.conftest import clean_env, console_script, start_server
 from tests.e2e.fleet import (
     FAST_AGENT_SERVER_ENV,
@@ -22,18 +22,19 @@ from tests.e2e.fleet import (
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def redis_up() -> bool:
+def require_redis() -> None:
+    """Skip (or under ``BYTEOR_REQUIRE_SERVICES=1`` fail) when Redis does not answer."""
     import socket
 
     try:
         with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
+            return
+    except OSError as exc:
+        service_unavailable(f"Redis at 127.0.0.1:6379 is unreachable: {exc}")
 
 
-@pytest.mark.skipif(not redis_up(), reason="Redis at 127.0.0.1:6379 is unreachable")
 def test_two_processes_share_one_budget_through_redis(tmp_path: Path) -> None:
+    require_redis()
     env = clean_env(
         BYTEOR_CLOUD_RATE_LIMIT_STORAGE=REDIS,
         # a fresh namespace per run; the keys expire with their one-minute window

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gzip
 import io
 import tarfile
 import zlib
@@ -269,7 +268,3 @@ async def test_deleting_the_environment_removes_artifact_blobs(stack: Stack, tre
     assert (await stack.call("DELETE", tree.env_path, tree.owner)).status_code == 204
     assert not blob.exists()
     assert await stack.count(ArtifactRow, ArtifactRow.env_id == tree.env_id) == 0
-
-
-def test_gzip_helper_roundtrip() -> None:
-    assert gzip.decompress(tar_gz({"a": b"b"}))[:5] != b""

@@ -14,7 +14,6 @@ from tests.conftest import Stack
 from tests.controlplane.agents.helpers import (
     agent_headers,
     enroll,
-    enrolled_agent,
     enrollment_token,
 )
 from tests.controlplane.delivery.world import make_world
@@ -116,9 +115,3 @@ async def test_manifests_carry_the_approvals(stack: Stack) -> None:
     manifest = await world.manifest(world.agents[0])
     assert [a.approval_id for a in manifest.approvals] == [granted["id"]]
     assert manifest.approvals[0].approver_id == approver.user_id
-
-
-async def test_enrolled_agent_helper_still_works(stack: Stack) -> None:
-    world = await make_world(stack, agents=0)
-    agent = await enrolled_agent(stack, world.tree)
-    assert agent["api_key"].startswith("byteor_agk_")
