@@ -121,7 +121,7 @@ class HeartbeatFastLane:
         if body is not None:
             try:
                 heartbeat = _decoder.decode(body)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # the route answers both 400
                 heartbeat = None
         if heartbeat is None:
             await self.app(scope, _replaying(messages, receive), send)

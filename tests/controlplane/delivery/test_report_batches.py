@@ -85,7 +85,7 @@ async def test_a_batch_of_reports_costs_a_few_statements_whatever_its_size(stack
     finally:
         event.remove(engine, "before_cursor_execute", count)
 
-    # Two reads and the updates of one flush, for 52 reports (one by one: about five each).
+    # Two reads and the updates of one flush, for 50 reports (one by one: about five each).
     assert written.count("SELECT") == 2, written
     assert len(written) <= 6, written
     kinds = [type(o).__name__ for o in outcomes]
