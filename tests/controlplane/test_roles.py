@@ -1,7 +1,14 @@
-"""Every org-scoped route x every role: allowed, 403 (member, role too low), 404 (outsider), 401."""
+"""Every org-scoped route x every role: allowed, 403 (member, role too low), 404 (outsider), 401.
+
+Each case also checks the effect, through the owner's view of what the route touches (its
+``observe`` path): a refused write leaves it exactly as it was, a permitted write changes it, a
+read changes nothing, and no refusal (401, 403, 404) carries a field of the resource in its
+problem document.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +69,13 @@ async def _bundle(stack: Stack, tree: Tree) -> dict[str, str]:
         tree.owner,
         json={"pipeline_version_id": ids["version"]},
     )
+    path = f"{tree.env_path}/config-bundles/{body['id']}"
+    for _ in range(200):  # built by the worker: wait, so that the case sees it settled
+        if body["status"] != "building":
+            break
+        await asyncio.sleep(0.05)
+        body = await stack.ok("GET", path, tree.owner)
+    assert body["status"] == "ready", body
     return ids | {"bundle": body["id"]}
 
 
@@ -73,6 +87,16 @@ class Route:
     body: dict[str, Any] | None = None
     prepare: Prepare = _nothing
     status: int | None = None
+    observe: str | None = None  # the owner's GET that shows the effect; default: the path
+    mutates: bool | None = None  # default: every method but GET
+
+    @property
+    def writes(self) -> bool:
+        return self.method != "GET" if self.mutates is None else self.mutates
+
+    @property
+    def observed(self) -> str:
+        return self.observe or self.path
 
     @property
     def success(self) -> int:
@@ -105,20 +129,45 @@ ROUTES = [
     Route("DELETE", ENV, Role.ADMIN),
     Route("GET", ORG + "/members", Role.VIEWER),
     Route("POST", ORG + "/members", Role.ADMIN, {"email": "new@example.com", "role": "viewer"}),
-    Route("PUT", ORG + "/members/{user}", Role.ADMIN, {"role": "deployer"}, _viewer_member),
-    Route("DELETE", ORG + "/members/{user}", Role.ADMIN, None, _viewer_member),
+    Route(
+        "PUT",
+        ORG + "/members/{user}",
+        Role.ADMIN,
+        {"role": "deployer"},
+        _viewer_member,
+        observe=ORG + "/members",
+    ),
+    Route(
+        "DELETE",
+        ORG + "/members/{user}",
+        Role.ADMIN,
+        None,
+        _viewer_member,
+        observe=ORG + "/members",
+    ),
     Route("GET", ORG + "/service-accounts", Role.ADMIN),
     Route("POST", ORG + "/service-accounts", Role.ADMIN, {"name": "ci", "role": "viewer"}),
-    Route("DELETE", SA, Role.ADMIN, None, _service_account),
+    Route("DELETE", SA, Role.ADMIN, None, _service_account, observe=ORG + "/service-accounts"),
     Route("GET", SA + "/tokens", Role.ADMIN, None, _service_account),
     Route("POST", SA + "/tokens", Role.ADMIN, {"name": "deploy"}, _service_account),
-    Route("DELETE", SA + "/tokens/{token}", Role.ADMIN, None, _service_account),
+    Route(
+        "DELETE", SA + "/tokens/{token}", Role.ADMIN, None, _service_account, observe=SA + "/tokens"
+    ),
     Route("GET", ENV + "/drafts", Role.VIEWER),
     Route("POST", ENV + "/drafts", Role.DEPLOYER, {"name": "new", "plan": SINGLE_RING}),
     Route("GET", DRAFT, Role.VIEWER, None, _draft),
-    Route("PUT", DRAFT, Role.DEPLOYER, {"plan": SINGLE_RING}, _draft),
-    Route("POST", DRAFT + "/preview", Role.VIEWER, None, _draft, status=200),
-    Route("POST", DRAFT + "/version", Role.DEPLOYER, None, _draft),
+    Route("PUT", DRAFT, Role.DEPLOYER, {"name": "renamed", "plan": SINGLE_RING}, _draft),
+    Route(
+        "POST",
+        DRAFT + "/preview",
+        Role.VIEWER,
+        None,
+        _draft,
+        status=200,
+        observe=DRAFT,
+        mutates=False,
+    ),
+    Route("POST", DRAFT + "/version", Role.DEPLOYER, None, _draft, observe=ENV + "/versions"),
     Route("GET", ENV + "/versions", Role.VIEWER),
     Route("GET", ENV + "/versions/{version}", Role.VIEWER, None, _version),
     Route("GET", ENV + "/config-bundles", Role.VIEWER),
@@ -133,7 +182,9 @@ ROUTES = [
     Route("GET", ENV + "/config-bundles/{bundle}", Role.VIEWER, None, _bundle),
     Route("GET", ENV + "/runtime-config", Role.VIEWER),
     Route("GET", ORG + "/signing-keys", Role.VIEWER),
-    Route("POST", ORG + "/signing-keys/rotate", Role.ADMIN, status=201),
+    Route(
+        "POST", ORG + "/signing-keys/rotate", Role.ADMIN, status=201, observe=ORG + "/signing-keys"
+    ),
 ]
 
 CALLERS = [*Role, "outsider", "anonymous"]
@@ -158,11 +209,41 @@ async def test_route_checks_role(stack: Stack, route: Route, who: Role | str) ->
         expected = route.success if role.at_least(route.minimum) else 403
 
     body = {k: v.format(**ids) if isinstance(v, str) else v for k, v in (route.body or {}).items()}
+    observed = route.observed.format(**ids)
+    before = await _owner_view(stack, tree, observed)
     response = await stack.call(route.method, path, caller, json=body if route.body else None)
+    after = await _owner_view(stack, tree, observed)
 
     assert response.status_code == expected, response.text
     if expected >= 400:
         assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["status"] == expected
+        problem = response.json()
+        assert problem["status"] == expected
+        assert after == before, f"refused {route} changed {observed}"
+        ordinary = {path, *path.split("/"), *(role.value for role in Role)}
+        leaked = _fields(before[1]) - _fields(body) - ordinary
+        assert not [value for value in leaked if value in response.text], problem
+    elif route.writes:
+        assert after != before, f"{route} answered {expected} but {observed} did not change"
+    else:
+        assert after == before, f"{route} is a read but changed {observed}"
     if expected == 401:
         assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def _owner_view(stack: Stack, tree: Tree, path: str) -> tuple[int, Any]:
+    """What the owner sees at ``path``: its status and document."""
+    response = await stack.call("GET", path, tree.owner)
+    return response.status_code, response.json() if response.content else None
+
+
+def _fields(document: Any) -> set[str]:
+    """Every distinctive string in ``document`` (ids, names, digests, times): what a problem
+    document about it must not repeat."""
+    if isinstance(document, dict):
+        return {s for value in document.values() for s in _fields(value)}
+    if isinstance(document, list):
+        return {s for value in document for s in _fields(value)}
+    if isinstance(document, str) and len(document) >= 6:
+        return {document}
+    return set()
