@@ -8,7 +8,6 @@ problem document.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from shared.roles import Role
 from tests.conftest import Actor, Stack, Tree
+from tests.controlplane.bundles.test_bundles import build
 from tests.controlplane.pipelines.plans import SINGLE_RING
 
 pytestmark = pytest.mark.anyio
@@ -63,18 +63,7 @@ async def _version(stack: Stack, tree: Tree) -> dict[str, str]:
 
 async def _bundle(stack: Stack, tree: Tree) -> dict[str, str]:
     ids = await _version(stack, tree)
-    body = await stack.ok(
-        "POST",
-        f"{tree.env_path}/config-bundles",
-        tree.owner,
-        json={"pipeline_version_id": ids["version"]},
-    )
-    path = f"{tree.env_path}/config-bundles/{body['id']}"
-    for _ in range(200):  # built by the worker: wait, so that the case sees it settled
-        if body["status"] != "building":
-            break
-        await asyncio.sleep(0.05)
-        body = await stack.ok("GET", path, tree.owner)
+    body = await build(stack, tree, ids["version"])  # settled, so the case sees no build finish
     assert body["status"] == "ready", body
     return ids | {"bundle": body["id"]}
 
