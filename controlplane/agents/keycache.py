@@ -31,7 +31,9 @@ __all__ = ["AGENT_KEYS", "AgentKeyCache"]
 
 logger = logging.getLogger("byteor.controlplane.agent_keys")
 
-_BATCH = 500
+#: Keys per statement: within SQLite's (32,766) and PostgreSQL's (32,767) parameter limits,
+#: and few statements per sweep (each one is a round trip through the event loop).
+_BATCH = 5_000
 
 
 @dataclass(slots=True)
@@ -96,11 +98,15 @@ class AgentKeyCache:
 
         Returns how many entries were dropped.
         """
-        started = time.monotonic()
         seen = self._seen
         snapshot = list(self._entries.items())
         valid: set[str] = set()
-        async with self.database.readers() as session:
+        # On the sweep connection: requests may hold every pooled reader, and a sweep that
+        # queued behind them would time out and let every entry expire at once.
+        async with self.database.background() as session:
+            await session.connection()
+            # The read's snapshot is taken after this instant: what it finds holds from here.
+            started = time.monotonic()
             for offset in range(0, len(snapshot), _BATCH):
                 key_ids = [
                     entry.principal.key_id for _, entry in snapshot[offset : offset + _BATCH]

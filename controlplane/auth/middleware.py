@@ -95,8 +95,12 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
         digest = digest_token(token)
         agent = cache.get(digest)
         if agent is None:
-            read_at = time.monotonic()
             async with authentication_read(connection.scope, database) as session:
+                # Stamped once the connection is in hand: what the read proves holds from here.
+                # (Stamped before the pool wait, a read that waited longer than the cache's
+                # lifetime under load would be cached already expired, and every later request
+                # would read again: the cache would stop serving exactly when it matters.)
+                read_at = time.monotonic()
                 agent = await authenticate_agent_key(session, token)
             cache.put(digest, agent, read_at)
         return agent

@@ -37,6 +37,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
+from controlplane.db import inline
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import SessionTransaction
 
@@ -117,6 +119,19 @@ class Database:
     changes: ChangeFeed = field(default_factory=ChangeFeed)
     #: The engine readers use: on a SQLite file its own pool, else the same as ``engine``.
     read_engine: AsyncEngine | None = None
+    #: Read sessions for this process's background sweeps (key revalidation, the fleet view),
+    #: on an engine of their own with one connection, so that a sweep never queues behind the
+    #: requests it serves: when requests hold every pooled connection, the sweep that keeps
+    #: their cached answers fresh must still run. ``None`` (a private in-memory SQLite
+    #: database, where one engine is all there is): sweeps use ``readers``.
+    sweepers: async_sessionmaker[AsyncSession] | None = None
+    #: The engine under ``sweepers``.
+    sweep_engine: AsyncEngine | None = None
+
+    @property
+    def background(self) -> async_sessionmaker[AsyncSession]:
+        """Read sessions for background sweeps: ``sweepers`` when there is one, else ``readers``."""
+        return self.sweepers or self.readers
 
     @property
     def reader_engine(self) -> AsyncEngine:
@@ -127,6 +142,8 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not None:
             await self.read_engine.dispose()
+        if self.sweep_engine is not None:
+            await self.sweep_engine.dispose()
 
 
 #: ``Session.info`` keys, set when readers and writers have engines of their own: the engine a
@@ -149,7 +166,7 @@ def _return_home(session: Session, transaction: SessionTransaction) -> None:
         session.bind = home
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below own transaction boundaries.
@@ -158,7 +175,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -261,6 +278,7 @@ def create_database(
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     read_engine: AsyncEngine | None = None
+    sweep_engine: AsyncEngine | None = None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             engine = create_async_engine(url, **kwargs)  # one private database: one engine
@@ -270,21 +288,49 @@ def create_database(
             engine = create_async_engine(
                 url, **kwargs, pool_size=1, max_overflow=0, pool_timeout=pool_timeout
             )
-            # Readers keep their connections open (each one is a thread and a file handle;
-            # opening one per request under load costs more than the query).
+            # Readers run inline, on the event loop's thread (see controlplane.db.inline: a
+            # WAL read never waits for a lock, and a thread hop per statement costs more than
+            # the statement). They keep their connections open: opening one per request
+            # under load costs more than the query.
             read_engine = create_async_engine(
                 url,
                 **kwargs,
+                async_creator=inline.connect(parsed.database),
                 pool_size=pool_size + max_overflow,
                 max_overflow=0,
                 pool_timeout=pool_timeout,
             )
-            _tune_sqlite(read_engine)
+            _tune_sqlite(read_engine, inline.INLINE_BUSY_TIMEOUT_MS)
             _guard_reads(read_engine)
+            sweep_engine = create_async_engine(
+                url,
+                **kwargs,
+                async_creator=inline.connect(parsed.database),
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=pool_timeout,
+            )
+            _tune_sqlite(sweep_engine, inline.INLINE_BUSY_TIMEOUT_MS)
         _tune_sqlite(engine)
     else:
         engine = create_async_engine(url, pool_pre_ping=True, **kwargs, **pool)
+        sweep_engine = create_async_engine(
+            url,
+            pool_pre_ping=True,
+            **kwargs,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=pool_timeout,
+        )
     _guard_reads(engine)
+    sweepers: async_sessionmaker[AsyncSession] | None = None
+    if sweep_engine is not None:
+        _guard_reads(sweep_engine)
+        sweepers = async_sessionmaker(
+            sweep_engine.execution_options(**{READ_ONLY: True}),
+            expire_on_commit=False,
+            autoflush=False,
+        )
     changes = ChangeFeed()
     writer_info: dict[str, Any] = {"changes": changes}
     reader_info: dict[str, Any] = {"changes": changes}
@@ -310,6 +356,8 @@ def create_database(
         ),
         changes=changes,
         read_engine=read_engine,
+        sweepers=sweepers,
+        sweep_engine=sweep_engine,
     )
 
 

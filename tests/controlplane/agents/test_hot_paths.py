@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text, update
+from sqlalchemy import event, select, text, update
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.orm import Session
 
 from controlplane.app import create_app
+from controlplane.auth.secrets import digest_token
 from controlplane.db import ReadOnlyTransaction, begin_write
 from controlplane.db.models import AgentKeyRow
 from controlplane.settings import Settings
@@ -161,6 +164,83 @@ async def test_the_background_sweep_drops_revoked_keys(tmp_path: Path) -> None:
         assert (await beat(stack, agent, 2)).status_code == 401
 
 
+@contextlib.asynccontextmanager
+async def every_reader_taken(stack: Stack) -> AsyncIterator[None]:
+    """Check out every connection of the readers' pool for the duration of the block."""
+    pool = stack.database.reader_engine.pool
+    sessions = [stack.database.readers() for _ in range(pool.size())]  # type: ignore[attr-defined]
+    for session in sessions:
+        await session.connection()
+    try:
+        yield
+    finally:
+        for session in sessions:
+            await session.close()
+
+
+async def test_the_sweep_runs_while_requests_hold_every_pooled_reader(tmp_path: Path) -> None:
+    # A sweep that queued for a pooled reader behind a burst of requests timed out, and every
+    # cached key expired at once: the burst then read every key from the database.
+    async with sqlite_stack(
+        tmp_path,
+        agent_key_cache_seconds=5,
+        database_pool_size=1,
+        database_pool_overflow=0,
+        database_pool_timeout_seconds=0.5,
+    ) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        assert (await beat(stack, agent, 1)).status_code == 200
+        cache = stack.app.state.agent_keys
+        async with every_reader_taken(stack):
+            assert await asyncio.wait_for(cache.revalidate(), timeout=5) == 0
+            async with stack.database.sessionmaker() as session:
+                await session.execute(
+                    update(AgentKeyRow)
+                    .where(AgentKeyRow.agent_id == agent["agent_id"])
+                    .values(state="revoked")
+                )
+                await session.commit()
+            assert await asyncio.wait_for(cache.revalidate(), timeout=5) == 1
+        assert len(cache) == 0
+
+
+async def test_a_key_read_that_waited_for_the_pool_is_cached_fresh(tmp_path: Path) -> None:
+    # Stamped before the wait, a read that waited longer than the cache's lifetime was cached
+    # already expired: under load every request then read its key again, and the pool never
+    # drained.
+    async with sqlite_stack(
+        tmp_path,
+        agent_key_cache_seconds=1,
+        database_pool_size=1,
+        database_pool_overflow=0,
+        database_pool_timeout_seconds=10,
+    ) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        cache = stack.app.state.agent_keys
+        async with every_reader_taken(stack):
+            waiting = asyncio.ensure_future(beat(stack, agent, 1))
+            await asyncio.sleep(1.3)
+            assert not waiting.done()
+        assert (await waiting).status_code == 200
+        assert cache.get(digest_token(agent["api_key"])) is not None
+
+
+async def test_reads_run_on_the_event_loop_thread(tmp_path: Path) -> None:
+    # A thread per reader connection made each statement a round trip through the loop.
+    async with sqlite_stack(tmp_path) as stack:
+        before = threading.active_count()
+        sessions = [stack.database.readers() for _ in range(4)]
+        try:
+            counts = [await s.scalar(text("SELECT count(*) FROM agents")) for s in sessions]
+            assert threading.active_count() == before
+        finally:
+            for session in sessions:
+                await session.close()
+        assert counts == [0, 0, 0, 0]
+
+
 async def test_deleting_an_agent_cuts_off_its_cached_key_at_once(stack: Stack, tree: Tree) -> None:
     agent = await enrolled_agent(stack, tree)
     assert (await beat(stack, agent, 1)).status_code == 200
@@ -243,6 +323,66 @@ async def test_one_unwritable_heartbeat_does_not_hold_back_the_batch(
         assert (written.last_sequence, written.agent_version) == (5, "ok")
         assert dropped.last_sequence == 0
     assert buffer.pending(good["agent_id"]) is None
+
+
+async def test_finding_an_unwritable_heartbeat_costs_few_statements(
+    stack: Stack, tree: Tree
+) -> None:
+    # Written one by one, a fleet's batch with one bad entry held the one writer connection for
+    # a statement per agent (10,000 at fleet scale), and deployments could not start meanwhile.
+    from controlplane.agents.heartbeats import HeartbeatBuffer
+    from controlplane.db.models import AgentRow
+    from controlplane.db.types import utcnow
+    from shared.agents import Heartbeat
+
+    agents = [await enrolled_agent(stack, tree) for _ in range(32)]
+    buffer = HeartbeatBuffer(stack.database, flush_seconds=60)
+    for agent in agents[:-1]:
+        buffer.record(agent["agent_id"], utcnow(), Heartbeat(sequence=7, agent_version="ok"))
+    bad = agents[-1]["agent_id"]
+    buffer.record(bad, utcnow(), Heartbeat(sequence=2**70, agent_version="bad"))
+    updates: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE AGENTS"):
+            updates.append(statement)
+
+    engine = stack.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert await buffer.flush() == 32
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(updates) <= 1 + 2 * 5  # the batch, then two halves per level of 32 → 1
+    async with stack.database.readers() as session:
+        written = dict((await session.execute(select(AgentRow.id, AgentRow.last_sequence))).all())
+    assert {written[a["agent_id"]] for a in agents[:-1]} == {7}
+    assert written[bad] == 0
+
+
+async def test_a_batch_that_finds_no_writer_connection_is_kept_whole(tmp_path: Path) -> None:
+    # The pool's timeout is about the database, not the data: splitting the batch then cost a
+    # statement per half while the writer stayed busy, and dropped good heartbeats.
+    from controlplane.agents.heartbeats import HeartbeatBuffer
+    from controlplane.db.types import utcnow
+    from shared.agents import Heartbeat
+
+    async with sqlite_stack(tmp_path, database_pool_timeout_seconds=0.3) as stack:
+        tree = await stack.tree()
+        agent = await enrolled_agent(stack, tree)
+        buffer = HeartbeatBuffer(stack.database, flush_seconds=60)
+        buffer.record(agent["agent_id"], utcnow(), Heartbeat(sequence=3, agent_version="ok"))
+        async with write_lock_held(stack):
+            with pytest.raises(SQLAlchemyTimeout):
+                await buffer.flush()
+        pending = buffer.pending(agent["agent_id"])
+        assert pending is not None
+        assert pending.heartbeat.sequence == 3
+        assert await buffer.flush() == 1
+        record = await stack.call(
+            "GET", f"/api/v1/agents/{agent['agent_id']}", headers=agent_headers(agent)
+        )
+        assert record.json()["agent_version"] == "ok", record.text
 
 
 AGENT_HOT_ROUTES = [
