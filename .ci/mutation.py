@@ -200,6 +200,23 @@ def prepare(group: Group, modules: list[str]) -> Path:
     return directory
 
 
+def forget_survivors(directory: Path, module: str) -> None:
+    """Clear mutmut's cached survivors of ``module`` so they run again against today's tests.
+
+    mutmut keeps a verdict until the mutated function changes; a survivor may be killed by a test
+    added since, so only killed verdicts are kept.
+    """
+    meta = directory / "mutants" / (module + ".meta")
+    if not meta.exists():
+        return
+    data = json.loads(meta.read_text(encoding="utf-8"))
+    codes: dict[str, int | None] = data["exit_code_by_key"]
+    for name, code in codes.items():
+        if code in (0, 33):  # survived, no tests
+            codes[name] = None
+    meta.write_text(json.dumps(data, indent=4), encoding="utf-8")
+
+
 def run_group(directory: Path, names: list[str], max_children: int) -> int:
     mutmut = Path(sys.executable).with_name("mutmut")
     command = [str(mutmut), "run", "--max-children", str(max_children), *names]
@@ -288,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted(n for n in sampled or () if n.startswith(tuple(map(mutant_prefix, mine))))
         if sampled is not None and not names:
             continue
-        if not args.report_only and run_group(directory, names, args.max_children) != 0:
-            failed_runs.append(group.name)
+        if not args.report_only:
+            for module in mine:
+                forget_survivors(directory, module)
+            if run_group(directory, names, args.max_children) != 0:
+                failed_runs.append(group.name)
         for module in mine:
             codes = exit_codes(directory, module)
             if sampled is not None:

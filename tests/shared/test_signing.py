@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from shared.signing import (
     CLOCK_SKEW_SECONDS,
+    MAX_DEPTH,
     MAX_SAFE_INTEGER,
     MAX_SIGNATURES,
     BadSignatureError,
@@ -323,6 +324,15 @@ def test_one_bad_and_one_good_signature_is_accepted(order: str) -> None:
     good, other = envelope.signatures
     bad = msgspec.structs.replace(other, sig=flipped(other.sig, 3))
     signatures = [bad, good] if order == "bad-first" else [good, bad]
+    assert verify(
+        Envelope(payload=envelope.payload, signatures=signatures), keyset_of(KEY_A, KEY_B)
+    )
+
+
+def test_mangled_signature_text_next_to_a_good_signature_is_ignored() -> None:
+    envelope = sign_payload(MANIFEST, [KEY_A, KEY_B])
+    mangled, good = envelope.signatures
+    signatures = [msgspec.structs.replace(mangled, sig="abc"), good]
     assert verify(
         Envelope(payload=envelope.payload, signatures=signatures), keyset_of(KEY_A, KEY_B)
     )
@@ -840,3 +850,297 @@ def test_error_reasons_are_stable(error: type[VerificationError], reason: str) -
 def test_error_reasons_are_distinct() -> None:
     assert len(set(REASONS.values())) == len(REASONS)
     assert not issubclass(CanonicalizationError, VerificationError)
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+def nested(depth: int, container: str) -> dict[str, Any]:
+    """A payload whose objects or arrays nest ``depth`` levels deep (the payload is level 1)."""
+    value: Any = 0
+    for _ in range(depth - 1):
+        value = [value] if container == "list" else {"x": value}
+    return {"x": value}
+
+
+@pytest.mark.parametrize("container", ["dict", "list"])
+def test_canonical_bytes_nests_exactly_max_depth_levels(container: str) -> None:
+    assert canonical_bytes(nested(MAX_DEPTH, container))
+    with pytest.raises(CanonicalizationError, match="deeper"):
+        canonical_bytes(nested(MAX_DEPTH + 1, container))
+
+
+def test_an_envelope_may_carry_max_signatures() -> None:
+    keys = [new_signing_key() for _ in range(MAX_SIGNATURES)]
+    envelope = sign_payload(MANIFEST, keys)
+    assert len(envelope.signatures) == MAX_SIGNATURES
+    assert verify(envelope, keyset_of(keys[-1])) == MANIFEST
+
+
+# --- error messages ---------------------------------------------------------------------------
+# The agent reports a refusal's reason *and* its message: the message names what failed (the field,
+# the key, the environment), with untrusted values shortened by ``show``.
+
+KEY_D, KEY_E, KEY_F = new_signing_key(), new_signing_key(), new_signing_key()
+FIVE_SIGNED = sign_payload(MANIFEST, [KEY_A, KEY_B, KEY_C, KEY_D, KEY_E])
+
+
+def replaced_key(index: int, **changes: Any) -> KeySet:
+    """Two keys (A, B), with entry ``index`` changed."""
+    keys = list(keyset_of(KEY_A, KEY_B).keys)
+    keys[index] = msgspec.structs.replace(keys[index], **changes)
+    return msgspec.structs.replace(KEYSET, keys=keys)
+
+
+def unsigned(signatures: Any, payload: Any = MANIFEST) -> Envelope:
+    return Envelope(payload=cast("Any", payload), signatures=signatures)
+
+
+REFUSALS: list[Any] = [
+    pytest.param(
+        lambda: sign_payload(MANIFEST, []),
+        ValueError,
+        "at least one signing key is required",
+        id="no-keys",
+    ),
+    pytest.param(
+        lambda: sign_payload(MANIFEST, [KEY_A, KEY_A]),
+        ValueError,
+        "each signing key must have a distinct kid",
+        id="repeated-kid",
+    ),
+    pytest.param(lambda: verify(cast("Any", "x")), MalformedError, "not an Envelope", id="type"),
+    pytest.param(
+        lambda: verify(unsigned(SIGNED.signatures, [])),
+        MalformedError,
+        "payload is not a JSON object",
+        id="payload-not-object",
+    ),
+    pytest.param(
+        lambda: verify(unsigned([])),
+        MalformedError,
+        "envelope has no signatures",
+        id="no-signatures",
+    ),
+    pytest.param(
+        lambda: verify(unsigned(SIGNED.signatures * (MAX_SIGNATURES + 1))),
+        MalformedError,
+        f"envelope has more than {MAX_SIGNATURES} signatures",
+        id="too-many-signatures",
+    ),
+    pytest.param(
+        lambda: verify(unsigned(["x"])),
+        MalformedError,
+        "signature is not a Signature",
+        id="signature-shape",
+    ),
+    pytest.param(
+        lambda: verify(unsigned([Signature(kid=cast("Any", 1), sig="x")])),
+        MalformedError,
+        "signature kid and sig must be strings",
+        id="signature-types",
+    ),
+    pytest.param(
+        lambda: verify(with_payload(SIGNED, MANIFEST | {"amount": 1.5})),
+        MalformedError,
+        "payload has no canonical form: floats are not allowed in signed payloads (got 1.5)",
+        id="no-canonical-form",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, keyset_of(KEY_A, not_after={KID_A: NOW - 1})),
+        KeyRetiredError,
+        f"key {KID_A!r} retired at {NOW - 1}",
+        id="retired",
+    ),
+    pytest.param(
+        lambda: verify(with_sig(SIGNED, sign_payload(MANIFEST, [KEY_B]).signatures[0].sig)),
+        BadSignatureError,
+        f"signature by {KID_A!r} does not verify",
+        id="bad-signature",
+    ),
+    pytest.param(
+        lambda: verify(with_sig(SIGNED, "abc")),
+        BadSignatureError,
+        f"signature by {KID_A!r} is not base64url of 64 bytes",
+        id="signature-text",
+    ),
+    pytest.param(
+        lambda: verify(FIVE_SIGNED, keyset_of(KEY_F)),
+        UnknownKeyError,
+        "no signature is by a key of the key set (kids: "
+        + ", ".join(repr(s.kid) for s in FIVE_SIGNED.signatures[:4])
+        + ")",
+        id="unknown-kids",
+    ),
+    pytest.param(
+        lambda: verify(sign_payload(MANIFEST | {"expires_at": "soon"}, [KEY_A])),
+        MalformedError,
+        "expires_at must be an integer (unix seconds), got 'soon'",
+        id="mistyped-time",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, now=T + 3601),
+        ExpiredError,
+        f"expired at {T + 3600} (now {T + 3601})",
+        id="expired",
+    ),
+    pytest.param(
+        lambda: verify(sign_payload(MANIFEST | {"not_before": NOW + 301}, [KEY_A])),
+        NotYetValidError,
+        f"not_before {NOW + 301} is in the future (now {NOW})",
+        id="not-before",
+    ),
+    pytest.param(
+        lambda: verify(sign_payload(MANIFEST | {"issued_at": NOW + 301}, [KEY_A])),
+        NotYetValidError,
+        f"issued_at {NOW + 301} is in the future (now {NOW})",
+        id="issued-at",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, expected_environment_id="env_b"),
+        WrongEnvironmentError,
+        "payload is for environment 'env_a', expected 'env_b'",
+        id="wrong-environment",
+    ),
+    pytest.param(
+        lambda: decode_keyset(cast("Any", "x")),
+        MalformedError,
+        "key set envelope has no JSON object payload",
+        id="keyset-envelope",
+    ),
+    pytest.param(
+        lambda: verify_keyset_update(
+            KEYSET, sign_keyset(keyset_of(KEY_A, version=2, org_id="org_b"), [KEY_A]), now=NOW
+        ),
+        WrongOrganizationError,
+        f"key set is for 'org_b', pinned set is for {ORG!r}",
+        id="wrong-organization",
+    ),
+    pytest.param(
+        lambda: verify_keyset_update(KEYSET, sign_keyset(KEYSET, [KEY_A]), now=NOW),
+        StaleKeySetError,
+        "key set version 1 is not newer than pinned version 1",
+        id="stale-keyset",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, cast("Any", "x")),
+        MalformedError,
+        "key set is not a KeySet",
+        id="keyset-type",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, msgspec.structs.replace(KEYSET, org_id="")),
+        MalformedError,
+        "key set has no org_id",
+        id="keyset-org",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, msgspec.structs.replace(KEYSET, issued_at=-1)),
+        MalformedError,
+        "key set issued_at must be a non-negative integer",
+        id="keyset-issued-at",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, msgspec.structs.replace(KEYSET, keys=[])),
+        MalformedError,
+        "key set has no keys",
+        id="keyset-no-keys",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, msgspec.structs.replace(KEYSET, keys=cast("Any", ["x"]))),
+        MalformedError,
+        "key set entry 0 is not a PublicKey",
+        id="entry-type",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, replaced_key(1, kid="")),
+        MalformedError,
+        "key set entry 1 has no kid",
+        id="entry-empty-kid",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, replaced_key(1, alg="RS256")),
+        MalformedError,
+        f"key set entry 1 ({KID_B!r}) has unsupported alg 'RS256'",
+        id="entry-alg",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, replaced_key(1, not_after="soon")),
+        MalformedError,
+        f"key set entry 1 ({KID_B!r}) has a non-integer not_after",
+        id="entry-not-after",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, replaced_key(1, public_key="AAAA")),
+        MalformedError,
+        f"key set entry 1 ({KID_B!r}) is not a base64url Ed25519 public key",
+        id="entry-public-key",
+    ),
+    pytest.param(
+        lambda: verify(SIGNED, replaced_key(1, kid=KID_A)),
+        MalformedError,
+        f"key set lists kid {KID_A!r} twice",
+        id="entry-repeated",
+    ),
+    pytest.param(
+        lambda: canonical_bytes(cast("Any", [])),
+        CanonicalizationError,
+        "payload must be a JSON object, not list",
+        id="canonical-not-object",
+    ),
+    pytest.param(
+        lambda: canonical_bytes({"n": MAX_SAFE_INTEGER + 1}),
+        CanonicalizationError,
+        f"integer {MAX_SAFE_INTEGER + 1} is outside +/- (2**53 - 1)",
+        id="canonical-integer",
+    ),
+    pytest.param(
+        lambda: canonical_bytes({"s": {1}}),
+        CanonicalizationError,
+        "set is not a JSON type",
+        id="canonical-type",
+    ),
+    pytest.param(
+        lambda: canonical_bytes(cast("Any", {1: 1})),
+        CanonicalizationError,
+        "object keys must be strings, not int",
+        id="canonical-key",
+    ),
+    pytest.param(
+        lambda: canonical_bytes({"s": "\ud800"}),
+        CanonicalizationError,
+        "string is not valid Unicode (lone surrogate)",
+        id="canonical-surrogate",
+    ),
+    pytest.param(
+        lambda: canonical_bytes(nested(MAX_DEPTH + 1, "dict")),
+        CanonicalizationError,
+        f"nested deeper than {MAX_DEPTH} levels",
+        id="canonical-depth",
+    ),
+]
+
+
+@pytest.mark.parametrize(("refusal", "error", "message"), REFUSALS)
+def test_refusals_say_what_failed(refusal: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as caught:
+        refusal()
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("kid", "shown"),
+    [("k" * 78, repr("k" * 78)), ("k" * 79, "'" + "k" * 76 + "...")],
+    ids=["80-characters-in-full", "81-characters-shortened"],
+)
+def test_messages_show_untrusted_values_in_at_most_80_characters(kid: str, shown: str) -> None:
+    with pytest.raises(UnknownKeyError) as caught:
+        verify(unsigned([Signature(kid=kid, sig=GOOD_SIG)]))
+    assert str(caught.value) == f"no signature is by a key of the key set (kids: {shown})"
+
+
+def test_prefixes_of_wrapped_errors() -> None:
+    with pytest.raises(MalformedError, match=r"^not an envelope: "):
+        decode_envelope(b"[]")
+    with pytest.raises(MalformedError, match=r"^payload is not a key set: "):
+        decode_keyset(unsigned(SIGNED.signatures, {}))
