@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -31,6 +31,7 @@ from agent.activation import (
     Journal,
     Step,
 )
+from agent.activation._verify import digest_hex
 from agent.errors import BundleTooLarge, NotFoundError
 from agent.settings import AgentSettings
 from agent.state import AgentState, load_state, save_state
@@ -641,6 +642,121 @@ async def test_refusal_leaves_the_active_bundle_untouched(
         assert (recorded.status, recorded.sequence, recorded.reason_code) == ("failed", 2, reason)
         report = refused.value.report()
         assert (report.status, report.deployment_id, report.sequence) == ("failed", "dep_2", 2)
+
+
+@pytest.mark.parametrize(
+    ("claims", "deployment_id", "sequence"),
+    [
+        pytest.param({}, "dep_2", 2, id="as-claimed"),
+        pytest.param({"deployment_id": ""}, None, 2, id="empty-deployment-id"),
+        pytest.param({"deployment_id": 7}, None, 2, id="non-string-deployment-id"),
+        pytest.param({"sequence": True}, "dep_2", None, id="bool-sequence"),
+        pytest.param({"sequence": "2"}, "dep_2", None, id="string-sequence"),
+    ],
+)
+def test_a_refusal_carries_the_ids_the_manifest_claims_only_when_well_typed(
+    host: Host,
+    payments: Bundle,
+    claims: dict[str, Any],
+    deployment_id: str | None,
+    sequence: int | None,
+) -> None:
+    # Signed by an unknown key: refused before the payload is read, so it is reported (or not) by
+    # what it claims to be.
+    envelope = manifest(Keys.new(), payments, 2)
+    envelope.payload.update(claims)
+    with pytest.raises(ActivationRefused) as refused:
+        host.activator().verify(envelope, host.state)
+    assert refused.value.reason == "unknown_kid"
+    assert (refused.value.deployment_id, refused.value.sequence) == (deployment_id, sequence)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "message"),
+    [
+        pytest.param(
+            {"bundle_size": "big"},
+            "malformed",
+            "not a deployment manifest: Expected `int`, got `str` - at `$.bundle_size`",
+            id="not-a-manifest",
+        ),
+        pytest.param(
+            {"kind": "keyset"},
+            "malformed",
+            "payload kind is 'keyset', not 'deployment_manifest'",
+            id="kind",
+        ),
+        pytest.param(
+            {"bundle_digest": "sha256:" + "A" * 64},
+            "malformed",
+            "bundle_digest or bundle_size is not valid",
+            id="digest",
+        ),
+        pytest.param(
+            {"bundle_size": 0}, "malformed", "bundle_digest or bundle_size is not valid", id="size"
+        ),
+        pytest.param(
+            {"agent_id": "agt_other"},
+            "wrong_agent",
+            "the manifest is for agent 'agt_other'",
+            id="agent",
+        ),
+        pytest.param(
+            {"org_id": "org_other"},
+            "wrong_organization",
+            "the manifest is for org 'org_other'",
+            id="organization",
+        ),
+        pytest.param({"sequence": 0}, "replayed", "sequence 0 is not newer than 0", id="sequence"),
+        pytest.param(
+            {"expires_at": 1},
+            "expired",
+            "expired at 1 (now ",
+            id="verification-error",
+        ),
+    ],
+)
+def test_manifest_refusals_say_what_failed(
+    host: Host, payments: Bundle, changes: dict[str, Any], reason: str, message: str
+) -> None:
+    fields = dict(changes)
+    envelope = manifest(host.keys, payments, fields.pop("sequence", 2), **fields)
+    with pytest.raises(ActivationRefused) as refused:
+        host.activator().verify(envelope, host.state)
+    assert refused.value.reason == reason
+    assert refused.value.message.startswith(message)
+    assert str(refused.value) == f"{reason}: {refused.value.message}"
+
+
+def test_a_one_byte_bundle_is_a_valid_size(host: Host, payments: Bundle) -> None:
+    payload = host.activator().verify(manifest(host.keys, payments, 2, bundle_size=1), host.state)
+    assert payload.bundle_size == 1
+
+
+def test_anything_but_an_envelope_is_refused_as_malformed(host: Host) -> None:
+    with pytest.raises(ActivationRefused) as refused:
+        host.activator().verify(cast("Any", "not an envelope"), host.state)
+    assert (refused.value.reason, refused.value.message) == ("malformed", "not an Envelope")
+    assert (refused.value.deployment_id, refused.value.sequence) == (None, None)
+
+
+def test_a_damaged_pinned_key_set_refuses_every_manifest(host: Host, payments: Bundle) -> None:
+    damaged = Envelope(payload={"org_id": ORG}, signatures=host.state.keyset.signatures)
+    state = msgspec.structs.replace(host.state, keyset=damaged)
+    with pytest.raises(ActivationRefused) as refused:
+        host.activator().verify(manifest(host.keys, payments, 2), state)
+    assert refused.value.reason == "malformed"
+    assert refused.value.message.startswith("payload is not a key set: ")
+    assert (refused.value.deployment_id, refused.value.sequence) == ("dep_2", 2)
+    assert not refused.value.state_changed
+
+
+def test_digest_hex_names_what_is_not_a_digest() -> None:
+    assert digest_hex("sha256:" + "ab" * 32) == "ab" * 32
+    long = "sha256:" + "g" * 100
+    with pytest.raises(ValueError) as caught:
+        digest_hex(long)
+    assert str(caught.value) == f"not a sha256 digest: {long[:80]!r}"
 
 
 async def test_unsafe_member_message_names_it(host_a: Host) -> None:
