@@ -86,6 +86,8 @@ GROUPS = (
         (
             "tests/controlplane/agents/test_enrollment.py",
             "tests/controlplane/agents/test_identity_key.py",
+            "tests/controlplane/agents/test_runtime.py",
+            "tests/controlplane/agents/test_hot_paths.py",
             "tests/controlplane/auth/test_tokens.py",
         ),
     ),

@@ -5,8 +5,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import select, update
 
-from controlplane.db.models import AgentRow
+from controlplane.db.models import AgentKeyRow, AgentRow
 from controlplane.db.types import utcnow
 from shared.agents import Heartbeat, Resources
 from shared.roles import Role
@@ -164,6 +165,73 @@ async def test_key_rotation_is_delivered_and_confirmed_by_use(stack: Stack, tree
     assert confirmed["rotated_api_key"] is None
     old = await stack.call("POST", hb, headers=agent_headers(agent), json=heartbeat(4))
     assert old.status_code == 401
+    assert old.json()["detail"] == "The agent key has been revoked"
+    forged = {"Authorization": "Bearer byteor_agk_" + "A" * 43}
+    unknown = await stack.call("POST", hb, headers=forged, json=heartbeat(4))
+    assert unknown.status_code == 401
+    assert unknown.json()["detail"] == "The agent key is unknown"
+
+
+async def agent_keys(stack: Stack, agent_id: str) -> list[AgentKeyRow]:
+    async with stack.database.sessionmaker() as session:
+        rows = await session.scalars(
+            select(AgentKeyRow)
+            .where(AgentKeyRow.agent_id == agent_id)
+            .order_by(AgentKeyRow.created_at, AgentKeyRow.id)
+        )
+        return list(rows)
+
+
+async def test_a_second_rotation_supersedes_the_undelivered_key_of_that_agent_only(
+    stack: Stack, tree: Tree
+) -> None:
+    other, agent = await enrolled_agent(stack, tree), await enrolled_agent(stack, tree)
+    hb = f"/api/v1/agents/{agent['agent_id']}/heartbeat"
+    rotate = f"{tree.env_path}/agents/{agent['agent_id']}/rotate-key"
+    # Confirm one rotation first, so the agent also has a revoked key, with the default scopes.
+    assert (await stack.call("POST", rotate, tree.owner)).status_code == 202
+    first = await stack.ok("POST", hb, headers=agent_headers(agent), json=heartbeat(1))
+    agent = agent | {"api_key": first["rotated_api_key"]}
+    await stack.ok("POST", hb, headers=agent_headers(agent), json=heartbeat(2))
+    narrowed = ["agent:heartbeat", "agent:signing_key"]
+    async with stack.database.sessionmaker() as session:
+        await session.execute(
+            update(AgentKeyRow)
+            .where(AgentKeyRow.agent_id == agent["agent_id"], AgentKeyRow.state == "active")
+            .values(scopes=narrowed)
+        )
+        await session.commit()
+    other_rotate = f"{tree.env_path}/agents/{other['agent_id']}/rotate-key"
+    assert (await stack.call("POST", other_rotate, tree.owner)).status_code == 202
+
+    # The heartbeat read the agent's view before the rotations: they must replace it.
+    assert (await stack.call("POST", rotate, tree.owner)).status_code == 202
+    assert (await stack.call("POST", rotate, tree.owner)).status_code == 202
+    response = await stack.ok("POST", hb, headers=agent_headers(agent), json=heartbeat(3))
+
+    keys = await agent_keys(stack, agent["agent_id"])
+    assert [key.state for key in keys] == ["revoked", "active", "superseded", "pending"]
+    superseded, pending = keys[2], keys[3]
+    assert superseded.revoked_at is not None
+    assert superseded.sealed_secret is None
+    assert pending.revoked_at is None
+    assert pending.sealed_secret is not None
+    # A rotated key has the scopes of the key it replaces.
+    assert superseded.scopes == pending.scopes == narrowed
+    assert response["rotated_api_key"] is not None
+    assert response["rotated_api_key"].endswith(pending.hint.rsplit(".", 1)[-1])
+    # The other agent's undelivered key is untouched and still handed over.
+    assert [key.state for key in await agent_keys(stack, other["agent_id"])] == [
+        "active",
+        "pending",
+    ]
+    theirs = await stack.ok(
+        "POST",
+        f"/api/v1/agents/{other['agent_id']}/heartbeat",
+        headers=agent_headers(other),
+        json=heartbeat(1),
+    )
+    assert theirs["rotated_api_key"].startswith("byteor_agk_")
 
 
 async def test_operator_agent_routes_check_roles(stack: Stack, tree: Tree) -> None:
