@@ -119,7 +119,7 @@ class Database:
     changes: ChangeFeed = field(default_factory=ChangeFeed)
     #: The engine readers use: on a SQLite file its own pool, else the same as ``engine``.
     read_engine: AsyncEngine | None = None
-    #: Read sessions for this process's background sweeps (key revalidation, the fleet view),
+    #: Read sessions for this process's background sweeps (the agent-key revalidation),
     #: on an engine of their own with one connection, so that a sweep never queues behind the
     #: requests it serves: when requests hold every pooled connection, the sweep that keeps
     #: their cached answers fresh must still run. ``None`` (a private in-memory SQLite
