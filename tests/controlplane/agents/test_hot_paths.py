@@ -79,6 +79,16 @@ async def beat(stack: Stack, agent: dict[str, Any], sequence: int) -> Any:
     )
 
 
+async def revoke_keys_directly(stack: Stack, agent_id: str) -> None:
+    """Revoke the agent's keys as another process would: a write this process's change feed
+    never hears of."""
+    async with stack.database.sessionmaker() as session:
+        await session.execute(
+            update(AgentKeyRow).where(AgentKeyRow.agent_id == agent_id).values(state="revoked")
+        )
+        await session.commit()
+
+
 async def test_agent_routes_answer_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
     # Under the old "BEGIN IMMEDIATE for every transaction", each of these waited for the writer.
     async with sqlite_stack(tmp_path, agent_key_cache_seconds=0) as stack:
@@ -131,13 +141,7 @@ async def test_a_key_revoked_by_another_process_stops_working_within_the_bound(
         agent = await enrolled_agent(stack, tree)
         assert (await beat(stack, agent, 1)).status_code == 200
         # Another process revokes the key: a write this process's change feed never hears of.
-        async with stack.database.sessionmaker() as session:
-            await session.execute(
-                update(AgentKeyRow)
-                .where(AgentKeyRow.agent_id == agent["agent_id"])
-                .values(state="revoked")
-            )
-            await session.commit()
+        await revoke_keys_directly(stack, agent["agent_id"])
         assert (await beat(stack, agent, 2)).status_code == 200  # still served from the cache
         await asyncio.sleep(1.2)
         refused = await beat(stack, agent, 3)
@@ -153,13 +157,7 @@ async def test_the_background_sweep_drops_revoked_keys(tmp_path: Path) -> None:
         cache = stack.app.state.agent_keys
         assert len(cache) == 1
         assert await cache.revalidate() == 0  # still active: kept
-        async with stack.database.sessionmaker() as session:
-            await session.execute(
-                update(AgentKeyRow)
-                .where(AgentKeyRow.agent_id == agent["agent_id"])
-                .values(state="revoked")
-            )
-            await session.commit()
+        await revoke_keys_directly(stack, agent["agent_id"])
         assert await cache.revalidate() == 1
         assert (await beat(stack, agent, 2)).status_code == 401
 
@@ -194,13 +192,7 @@ async def test_the_sweep_runs_while_requests_hold_every_pooled_reader(tmp_path: 
         cache = stack.app.state.agent_keys
         async with every_reader_taken(stack):
             assert await asyncio.wait_for(cache.revalidate(), timeout=5) == 0
-            async with stack.database.sessionmaker() as session:
-                await session.execute(
-                    update(AgentKeyRow)
-                    .where(AgentKeyRow.agent_id == agent["agent_id"])
-                    .values(state="revoked")
-                )
-                await session.commit()
+            await revoke_keys_directly(stack, agent["agent_id"])
             assert await asyncio.wait_for(cache.revalidate(), timeout=5) == 1
         assert len(cache) == 0
 
