@@ -11,7 +11,8 @@ writers' pool holds exactly one connection: SQLite admits one writer at a time a
 of this process queue for that connection in asyncio, first come first served, holding nothing
 else, instead of each holding a pooled connection while SQLite's busy handler sleeps and retries.
 Readers then never find the pool taken by writers that wait for the lock. (Writers of other
-processes, a worker or the CLI, still meet on SQLite's busy timeout.)
+processes, a worker or the CLI, still meet on the lock: this process waits for it up to 30 s,
+in asyncio, see :mod:`controlplane.db.inline`.)
 
 A reader session that must write (rarely: the first use of a rotated agent key, a manifest issued
 on a deployment check) calls :func:`begin_write` at the start of a fresh transaction; on SQLite it
@@ -166,7 +167,7 @@ def _return_home(session: Session, transaction: SessionTransaction) -> None:
         session.bind = home
 
 
-def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+def _tune_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below own transaction boundaries.
@@ -280,38 +281,46 @@ def create_database(
     read_engine: AsyncEngine | None = None
     sweep_engine: AsyncEngine | None = None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            engine = create_async_engine(url, **kwargs)  # one private database: one engine
-        else:
+        if parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Every connection runs inline, on the event loop's thread, and waits for a lock in
+            # asyncio (see controlplane.db.inline: a thread hop per statement costs more than
+            # the statement, and held the one writer connection for seconds under load).
+            busy_ms = SQLITE_BUSY_TIMEOUT_MS
             # One writer connection: writers queue for it here, not in SQLite's busy handler.
             engine = create_async_engine(
-                url, **kwargs, pool_size=1, max_overflow=0, pool_timeout=pool_timeout
-            )
-            # Readers run inline, on the event loop's thread (see controlplane.db.inline: a
-            # WAL read never waits for a lock, and a thread hop per statement costs more than
-            # the statement). They keep their connections open: opening one per request
-            # under load costs more than the query.
-            read_engine = create_async_engine(
                 url,
                 **kwargs,
-                async_creator=inline.connect(parsed.database),
-                pool_size=pool_size + max_overflow,
-                max_overflow=0,
-                pool_timeout=pool_timeout,
-            )
-            _tune_sqlite(read_engine, inline.INLINE_BUSY_TIMEOUT_MS)
-            _guard_reads(read_engine)
-            sweep_engine = create_async_engine(
-                url,
-                **kwargs,
-                async_creator=inline.connect(parsed.database),
+                async_creator=inline.connect(parsed.database, busy_timeout_ms=busy_ms),
                 pool_size=1,
                 max_overflow=0,
                 pool_timeout=pool_timeout,
             )
-            _tune_sqlite(sweep_engine, inline.INLINE_BUSY_TIMEOUT_MS)
-        _tune_sqlite(engine)
+            # Readers keep their connections open: opening one per request under load costs
+            # more than the query.
+            read_engine = create_async_engine(
+                url,
+                **kwargs,
+                async_creator=inline.connect(parsed.database, busy_timeout_ms=busy_ms),
+                pool_size=pool_size + max_overflow,
+                max_overflow=0,
+                pool_timeout=pool_timeout,
+            )
+            _tune_sqlite(read_engine, busy_timeout_ms=0)
+            _guard_reads(read_engine)
+            sweep_engine = create_async_engine(
+                url,
+                **kwargs,
+                async_creator=inline.connect(parsed.database, busy_timeout_ms=busy_ms),
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=pool_timeout,
+            )
+            _tune_sqlite(sweep_engine, busy_timeout_ms=0)
+            _tune_sqlite(engine, busy_timeout_ms=0)
+        else:
+            engine = create_async_engine(url, **kwargs)  # one private database: one engine
+            _tune_sqlite(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     else:
         engine = create_async_engine(url, pool_pre_ping=True, **kwargs, **pool)
         sweep_engine = create_async_engine(
