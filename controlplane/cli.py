@@ -77,6 +77,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
         "access_log": False,
         "server_header": False,
         "timeout_graceful_shutdown": 20,
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+        "backlog": settings.http_backlog,
     }
     # uvicorn drains in-flight requests on SIGTERM/SIGINT and then re-raises the signal to the
     # handler that was installed before it; a no-op handler here turns that into a clean exit 0.

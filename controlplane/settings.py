@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         default=5.0,
         description="on SIGTERM, how long /readyz answers 503 before the server stops accepting",
     )
+    http_keep_alive_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=75.0,
+        description=(
+            "how long an idle HTTP/1.1 connection stays open; agents long-poll and heartbeat on "
+            "kept-alive connections, and one closed while a host was busy costs a reconnect"
+        ),
+    )
+    http_backlog: Annotated[int, Field(ge=16, le=65535)] = Field(
+        default=4096,
+        description="listen backlog: connections the kernel queues until accepted (capped by "
+        "net.core.somaxconn); a fleet reconnecting at once must not find it full",
+    )
     key_encryption_key: SecretStr | None = Field(
         default=None,
         description=(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -112,3 +113,36 @@ def test_sigterm_drains_then_finishes_in_flight_requests(tmp_path: Path) -> None
     poller.join(timeout=20)
     assert results == [304]
     assert server.process.wait(timeout=30) == 0
+
+
+def _closed_by_server(connection: socket.socket, within: float) -> bool:
+    """Whether the server closes the idle connection within ``within`` seconds (what is left of
+    a reply is read and dropped)."""
+    deadline = time.monotonic() + within
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            if connection.recv(4096) == b"":
+                return True
+    except TimeoutError:
+        pass
+    return False
+
+
+def test_idle_keep_alive_connections_stay_open_as_configured(tmp_path: Path) -> None:
+    """Agents keep their connections between long-polls; the server holds an idle one for the
+    configured time (default 75 s), not uvicorn's 5 s (a fleet busy activating would then
+    reconnect all at once)."""
+    server = start_server(tmp_path, clean_env(BYTEOR_CLOUD_HTTP_KEEP_ALIVE_SECONDS="2"))
+    try:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                reply += connection.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200")
+            assert not _closed_by_server(connection, 1)  # still open after 1 s idle
+            assert _closed_by_server(connection, 2.5)  # closed after 2 s (uvicorn's own: 5 s)
+    finally:
+        server.stop()
