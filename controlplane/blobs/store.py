@@ -2,6 +2,13 @@
 
 Writes go to a temporary file in the same directory, are fsynced, then renamed into place, so a
 blob is either absent or complete; writing the same content twice is a no-op.
+
+Small blobs read for serving are kept in memory (:meth:`BlobStore.read_small`), least recently
+used first out, within a byte budget. During a rollout a whole fleet downloads the same bundle
+within seconds; streamed from disk, each download is several thread hops (stat, open, read,
+close) through a thread pool of 40, and under load each hop waits for the busy event loop, so
+downloads queue for minutes. A blob's content never changes (it is named by its digest), so a
+cached copy is never stale; whether the blob still exists is checked on disk each time.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 __all__ = ["BlobStore"]
@@ -17,9 +25,18 @@ __all__ = ["BlobStore"]
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
+#: Blobs at most this large are served from memory (bundles are a few kilobytes).
+SMALL_BLOB_BYTES = 1024 * 1024
+#: Bytes of small blobs kept in memory, per process.
+HOT_BYTES = 32 * 1024 * 1024
+
+
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, hot_bytes: int = HOT_BYTES) -> None:
         self.root = root
+        self._hot: OrderedDict[str, bytes] = OrderedDict()
+        self._hot_bytes = 0
+        self._hot_budget = hot_bytes
 
     def path_for(self, digest: str) -> Path:
         """Where the blob with ``digest`` (``sha256:<hex>``) lives."""
@@ -76,8 +93,50 @@ class BlobStore:
     def read_bytes(self, digest: str) -> bytes:
         return self.path_for(digest).read_bytes()
 
+    def read_small(self, digest: str, limit: int = SMALL_BLOB_BYTES) -> bytes | None:
+        """The blob's bytes when it exists and is at most ``limit`` bytes, else ``None``.
+
+        From memory when it was read recently; else read at once (a small file, usually in
+        the page cache) and kept. Whether the blob exists is checked on disk every time, so a
+        blob deleted by another process is not served from memory.
+        """
+        path = self.path_for(digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            self._forget(digest)
+            return None
+        if size > limit:
+            return None
+        data = self._hot.get(digest)
+        if data is not None:
+            self._hot.move_to_end(digest)
+            return data
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) <= self._hot_budget:
+            self._hot[digest] = data
+            self._hot_bytes += len(data)
+            while self._hot_bytes > self._hot_budget:
+                _, evicted = self._hot.popitem(last=False)
+                self._hot_bytes -= len(evicted)
+        return data
+
+    @property
+    def hot_bytes(self) -> int:
+        """Bytes of small blobs held in memory now."""
+        return self._hot_bytes
+
+    def _forget(self, digest: str) -> None:
+        data = self._hot.pop(digest, None)
+        if data is not None:
+            self._hot_bytes -= len(data)
+
     def delete(self, digest: str) -> bool:
         """Remove a blob; returns whether it existed."""
+        self._forget(digest)
         path = self.path_for(digest)
         try:
             path.unlink()

@@ -141,7 +141,7 @@ class AgentDeliveryController(Controller):
         blobs: Blobs,
         agent_id: FromPath[str],
         digest: FromPath[str],
-    ) -> File:
+    ) -> Response[bytes] | File:
         deployed = await session.scalar(
             select(DeploymentTargetRow.bundle_id)
             .where(
@@ -153,6 +153,20 @@ class AgentDeliveryController(Controller):
         # The pooled connection goes back before the archive streams: during a rollout a whole
         # fleet downloads at once, and the read must not be held for as long as a slow host reads.
         await session.rollback()
-        if deployed is None or not blobs.exists(digest):
+        if deployed is None:
+            raise NotFound(f"No bundle {digest} was deployed to this agent")
+        # A bundle is small and a whole fleet fetches the same one at once: from memory, with
+        # no thread hop (see controlplane.blobs.store); a large one streams from disk.
+        small = blobs.read_small(digest)
+        if small is not None:
+            return Response(
+                small,
+                media_type="application/gzip",
+                headers={
+                    "ETag": f'"{digest}"',  # named by its content: the digest is a strong tag
+                    "Content-Disposition": f'attachment; filename="{digest.partition(":")[2]}"',
+                },
+            )
+        if not blobs.exists(digest):
             raise NotFound(f"No bundle {digest} was deployed to this agent")
         return File(path=blobs.path_for(digest), media_type="application/gzip")

@@ -309,6 +309,30 @@ async def test_agents_only_reach_their_own_manifests_and_bundles(stack: Stack) -
     assert bad_status.status_code == 409
 
 
+async def test_a_bundle_served_from_memory_is_refused_once_its_blob_is_gone(
+    stack: Stack,
+) -> None:
+    """Downloads come from memory after the first; a blob deleted on disk (by another process)
+    must still answer 404, not the copy."""
+    world = await make_world(stack, agents=1)
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    (agent,) = world.agents
+    manifest = await world.manifest(agent)
+    url = f"/api/v1/agents/{agent['agent_id']}/bundles/{manifest.bundle_digest}"
+    for _ in range(2):
+        archive = await stack.call("GET", url, headers=agent_headers(agent))
+        assert archive.status_code == 200
+        assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == manifest.bundle_digest
+        assert archive.headers["content-type"] == "application/gzip"
+        assert archive.headers["etag"] == f'"{manifest.bundle_digest}"'
+    stack.app.state.blobs.path_for(manifest.bundle_digest).unlink()
+    gone = await stack.call("GET", url, headers=agent_headers(agent))
+    assert gone.status_code == 404
+    assert gone.headers["content-type"] == "application/problem+json"
+    assert manifest.bundle_digest in gone.json()["detail"]
+
+
 @pytest.mark.parametrize(
     "body",
     [
