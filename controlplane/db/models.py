@@ -22,7 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, undefer
 
 from controlplane.db.types import JSONDocument, UTCDateTime, utcnow
 from controlplane.delivery.states import (
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import enum
 
 __all__ = [
+    "FULL_DEPLOYMENT",
     "AgentKeyRow",
     "AgentRow",
     "ApiTokenRow",
@@ -462,10 +463,16 @@ class DeploymentRow(TimestampedMixin, Base):
     status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     description: Mapped[str] = mapped_column(String(2000), nullable=False, default="")
     #: The rollout's targets: the requested agents until it rolls out, then those online then
-    #: (plus agents that joined while it was deploying).
-    agent_ids: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
-    #: The agents the deployer named, or ``None`` for the whole environment.
-    requested_agent_ids: Mapped[Any | None] = mapped_column(JSONDocument, nullable=True)
+    #: (plus agents that joined while it was deploying). Deferred, and an error to read unless
+    #: the query asked for it (``FULL_DEPLOYMENT``): for a fleet it is a list of 10,000 ids,
+    #: and the paths a fleet runs per request (deployment checks, reports) never need it.
+    agent_ids: Mapped[Any] = mapped_column(
+        JSONDocument, nullable=False, deferred=True, deferred_raiseload=True
+    )
+    #: The agents the deployer named, or ``None`` for the whole environment (deferred too).
+    requested_agent_ids: Mapped[Any | None] = mapped_column(
+        JSONDocument, nullable=True, deferred=True, deferred_raiseload=True
+    )
     approvals_required: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     requested_by: Mapped[str | None] = mapped_column(ID, nullable=True)
     rollout_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -476,6 +483,10 @@ class DeploymentRow(TimestampedMixin, Base):
     previous_deployment_id: Mapped[str | None] = mapped_column(ID, nullable=True)
     #: The deployment that became current after this one.
     superseded_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+
+
+#: Query options loading a deployment whole, its deferred agent lists included.
+FULL_DEPLOYMENT = (undefer(DeploymentRow.agent_ids), undefer(DeploymentRow.requested_agent_ids))
 
 
 class DeploymentEventRow(Base):

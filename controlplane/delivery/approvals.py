@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from controlplane.db.models import ApprovalRow, DeploymentRow, EnvironmentRow
+from controlplane.db.models import FULL_DEPLOYMENT, ApprovalRow, DeploymentRow, EnvironmentRow
 from controlplane.db.types import utcnow
 from controlplane.delivery.deadlines import expire_approvals
 from controlplane.delivery.lifecycle import move_approval, transition
@@ -109,6 +109,7 @@ async def _locked_deployment(
     row = await session.scalar(
         select(DeploymentRow)
         .where(DeploymentRow.id == deployment_id, DeploymentRow.env_id == env_id)
+        .options(*FULL_DEPLOYMENT)
         .with_for_update()
     )
     if row is None:

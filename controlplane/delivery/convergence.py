@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exists, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, undefer
 
 from controlplane.agents.fleetview import EnvironmentDelivery
 from controlplane.agents.service import observed_bundle
@@ -138,6 +138,7 @@ async def _joinable(session: AsyncSession, agent: AgentRow) -> DeploymentRow | N
             DeploymentRow.env_id == agent.env_id,
             DeploymentRow.status == DeploymentStatus.DEPLOYING,
         )
+        .options(undefer(DeploymentRow.requested_agent_ids))
         .order_by(DeploymentRow.created_at.desc(), DeploymentRow.id.desc())
     )
     for row in rows:
@@ -250,6 +251,7 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
         await session.rollback()
         return served
     if plan is _Plan.JOIN:
+        await session.refresh(deployment, ["agent_ids"])  # deferred: read it only here
         deployment.agent_ids = sorted({*deployment.agent_ids, agent_id})
     issued = await issue_manifest(
         session, delivery, deployment, agent_id, bundle, TargetPhase.DEPLOY

@@ -21,6 +21,7 @@ from controlplane.agents.service import online_agent_ids
 from controlplane.bundles.service import build_bundle_now, new_bundle_row
 from controlplane.db.engine import FLEET, mark_changed
 from controlplane.db.models import (
+    FULL_DEPLOYMENT,
     AgentRow,
     ApprovalRow,
     ConfigBundleRow,
@@ -120,9 +121,13 @@ class Delivery:
 
 
 async def locked_deployment(session: AsyncSession, deployment_id: str) -> DeploymentRow | None:
-    """The deployment, locked for this transaction (PostgreSQL; SQLite writes are serial)."""
+    """The deployment, whole and locked for this transaction (PostgreSQL; SQLite writes are
+    serial)."""
     return await session.scalar(
-        select(DeploymentRow).where(DeploymentRow.id == deployment_id).with_for_update()
+        select(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id)
+        .options(*FULL_DEPLOYMENT)
+        .with_for_update()
     )
 
 
@@ -605,6 +610,7 @@ async def reconcile(session: AsyncSession, delivery: Delivery, deployment: Deplo
                 session, delivery, deployment, f"agent {first.agent_id}: {first.reason or 'failed'}"
             )
         elif tally.get(TargetStatus.ACTIVE, 0) == waited:
+            # Targets, not the deployment's (deferred) agent list: the same agents.
             bundle = await session.get(ConfigBundleRow, deployment.config_bundle_id)
             await transition(
                 session,
@@ -615,7 +621,7 @@ async def reconcile(session: AsyncSession, delivery: Delivery, deployment: Deplo
                     f"every target is active ({waited})"
                     if waited
                     else "every target moved on to a newer deployment"
-                    if deployment.agent_ids
+                    if tally
                     else "no agent was online; agents converge when they check in"
                 ),
             )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from controlplane.db.models import (
+    FULL_DEPLOYMENT,
     AgentRow,
     ConfigBundleRow,
     DeploymentEventRow,
@@ -82,9 +83,9 @@ def deployment_schema(row: DeploymentRow) -> Deployment:
 async def deployment_row(session: AsyncSession, env_id: str, deployment_id: str) -> DeploymentRow:
     """A deployment of this environment (another environment's is a 404)."""
     row = await session.scalar(
-        select(DeploymentRow).where(
-            DeploymentRow.id == deployment_id, DeploymentRow.env_id == env_id
-        )
+        select(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id, DeploymentRow.env_id == env_id)
+        .options(*FULL_DEPLOYMENT)
     )
     if row is None:
         raise NotFound(f"No deployment {deployment_id} in environment {env_id}")
@@ -209,7 +210,9 @@ async def list_deployments(
 ) -> Page[Deployment]:
     """The environment's deployments, by status and by whether a newer one replaced them."""
     env = await where.resolve(session, caller, Role.VIEWER)
-    statement = select(DeploymentRow).where(DeploymentRow.env_id == env.id)
+    statement = (
+        select(DeploymentRow).where(DeploymentRow.env_id == env.id).options(*FULL_DEPLOYMENT)
+    )
     if status is not None:
         if status not in {s.value for s in DeploymentStatus}:
             raise BadRequest(f"Unknown status {status!r}")
