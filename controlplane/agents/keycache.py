@@ -3,15 +3,20 @@
 An agent authenticates on every request; looking its key up in the database each time costs a
 transaction per heartbeat. Entries live at most ``max_age`` seconds past their last validation:
 a background sweep re-checks every cached key against the database in a few batched reads every
-``max_age / 2`` seconds, so keys in use never expire, while a key revoked in any process (agent
+``max_age / 3`` seconds, so keys in use never expire, while a key revoked in any process (agent
 deleted, key rotated and replaced, environment deleted) stops working here within ``max_age``.
 Changes made in this process clear the cache at once (the ``agent_keys`` change topic).
+
+An entry past ``max_age`` is not served, but it is kept: finding one means the sweep is late (a
+loaded event loop runs its timer late). The request that finds it runs the sweep itself
+(:meth:`AgentKeyCache.refresh`; requests that find one meanwhile wait for that sweep), so the
+whole cache is fresh again after one batched read, instead of every request of the fleet reading
+its own key until the timer comes round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -52,7 +57,11 @@ class AgentKeyCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._seen = database.changes.version(AGENT_KEYS)
         self._stopping = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None
         self.hits = 0
+        #: Sweeps run by requests that found an expired entry (see :meth:`refresh`).
+        self.refreshes = 0
         self.misses = 0
 
     @property
@@ -75,13 +84,34 @@ class AgentKeyCache:
         self._follow_local_changes()
         entry = self._entries.get(digest)
         if entry is None or time.monotonic() - entry.validated_at > self.max_age:
-            if entry is not None:
-                del self._entries[digest]
-            self.misses += 1
+            self.misses += 1  # an expired entry stays: the next sweep may vouch for it again
             return None
         self._entries.move_to_end(digest)
         self.hits += 1
         return entry.principal
+
+    def expired(self, digest: str) -> bool:
+        """Whether ``digest`` has an entry, past ``max_age`` (the sweep is late)."""
+        entry = self._entries.get(digest)
+        return entry is not None and time.monotonic() - entry.validated_at > self.max_age
+
+    async def refresh(self) -> None:
+        """Revalidate every entry now, in this task; if a refresh is running, wait for it.
+
+        For a request that found its entry expired: one batched read makes every entry fresh
+        (or drops it), where each request reading its own key would cost one read each.
+        """
+        running = self._refreshing
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        self._refreshing = done = asyncio.get_running_loop().create_future()
+        try:
+            self.refreshes += 1
+            await self.revalidate()
+        finally:
+            self._refreshing = None
+            done.set_result(None)
 
     def put(self, digest: str, principal: AgentPrincipal, validated_at: float) -> None:
         """Remember a key validated (read from the database) at ``validated_at`` (monotonic)."""
@@ -135,13 +165,27 @@ class AgentKeyCache:
         return dropped
 
     async def run(self) -> None:
-        """Revalidate every ``max_age / 2`` seconds until :meth:`shutdown`."""
+        """Revalidate every ``max_age / 3`` seconds until :meth:`shutdown`.
+
+        The cadence is fixed: a sweep is due one interval after the previous one was due, not
+        after it ended, and the wait between them is a single timer (``asyncio.wait_for``
+        takes several turns of the loop to wake). Under load every turn of the event loop can
+        take a second; a sweep that slipped past ``max_age`` would let every entry expire at
+        once, and every request of the fleet would then read its key from the database, which
+        is what made the loop slow in the first place. A third of ``max_age`` leaves two
+        intervals of slack.
+        """
         if not self.enabled:
             return
+        loop = asyncio.get_running_loop()
+        interval = self.max_age / 3
+        due = loop.time() + interval
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.max_age / 2)
-            if self._stopping.is_set() or not self._entries:
+            await self._pause(due - loop.time())
+            if self._stopping.is_set():
+                return
+            due = max(due + interval, loop.time())  # no burst of sweeps to catch up
+            if not self._entries:
                 continue
             try:
                 await self.revalidate()
@@ -149,5 +193,23 @@ class AgentKeyCache:
                 # Entries age out on their own; the next sweep tries again.
                 logger.exception("revalidating cached agent keys failed")
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (one timer), or until :meth:`shutdown`."""
+        loop = asyncio.get_running_loop()
+        self._wake = wake = loop.create_future()
+        timer = loop.call_later(max(0.0, seconds), _resolve, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
     async def shutdown(self) -> None:
         self._stopping.set()
+        if self._wake is not None:
+            _resolve(self._wake)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -94,6 +94,9 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
         cache: AgentKeyCache = connection.app.state.agent_keys
         digest = digest_token(token)
         agent = cache.get(digest)
+        if agent is None and cache.expired(digest):
+            await cache.refresh()  # the sweep is late: one batched read for every entry
+            agent = cache.get(digest)
         if agent is None:
             async with authentication_read(connection.scope, database) as session:
                 # Stamped once the connection is in hand: what the read proves holds from here.

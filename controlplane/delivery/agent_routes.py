@@ -103,6 +103,10 @@ class AgentDeliveryController(Controller):
                 if now_newest != newest or view.desired_digest != waiter.desired:
                     newest = now_newest
                     served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
+                    # A rollout that finishes wakes every poll of the environment: remember the
+                    # settled ones, or each would decide again on its next poll.
+                    if served.settled and not view.moving:
+                        signals.settle(agent.agent_id, view.desired_digest)
         if if_none_match == etag:
             return Response(content=b"", status_code=304, headers={"ETag": etag})
         body = AgentDeployment(

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import statistics
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import Engine, event, select, text, update
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.orm import Session
 
+from controlplane.agents.keycache import AgentKeyCache, _Entry
 from controlplane.app import create_app
+from controlplane.auth.principal import AgentPrincipal
 from controlplane.auth.secrets import digest_token
-from controlplane.db import ReadOnlyTransaction, begin_write
+from controlplane.db import ReadOnlyTransaction, begin_write, create_database
 from controlplane.db.models import AgentKeyRow
 from controlplane.settings import Settings
 from tests.conftest import GENEROUS_RATE_LIMITS, Stack, Tree, in_process_client
@@ -412,3 +417,111 @@ def test_agent_hot_routes_have_nothing_for_litestar_to_resolve(
     # The request parameter is annotated with a plain class, so Litestar's per-request
     # ``isinstance`` check does not raise and catch a TypeError on a subscripted generic.
     assert isinstance(handler.parsed_fn_signature.parameters["request"].annotation, type)
+
+
+class _SlowSweeps(AgentKeyCache):
+    """A key cache whose sweeps take ``seconds`` and note when each one began."""
+
+    def __init__(self, seconds: float, max_age: float) -> None:
+        super().__init__(create_database("sqlite+aiosqlite://"), max_age, 10)
+        self.seconds = seconds
+        self.began: list[float] = []
+        self.fifth = asyncio.Event()
+        self._entries["digest"] = _Entry(_PRINCIPAL, time.monotonic())  # something to sweep
+
+    async def revalidate(self) -> int:
+        self.began.append(asyncio.get_running_loop().time())
+        if len(self.began) == 5:
+            self.fifth.set()
+        await asyncio.sleep(self.seconds)
+        return 0
+
+
+_PRINCIPAL = AgentPrincipal(
+    agent_id="agt_x", key_id="agk_x", org_id="org_x", env_id="env_x", scopes=frozenset()
+)
+
+
+async def test_sweeps_keep_their_cadence_when_a_sweep_runs_long() -> None:
+    """A sweep is due an interval after the last one was due, not after it ended: a slow sweep
+    (a loaded loop) must not push the next one past the entries' lifetime."""
+    cache = _SlowSweeps(seconds=0.3, max_age=0.6)  # one sweep every 0.2 s, each taking 0.3 s
+    runner = asyncio.create_task(cache.run())
+    await asyncio.wait_for(cache.fifth.wait(), timeout=10)
+    await cache.shutdown()
+    await asyncio.wait_for(runner, timeout=2)
+    gaps = [b - a for a, b in itertools.pairwise(cache.began)]
+    # Back to back (0.3 s each), where waiting a full interval after each one ends is 0.5 s.
+    assert statistics.mean(gaps) < 0.4, gaps
+
+
+async def test_shutdown_wakes_the_sweeper_at_once() -> None:
+    cache = _SlowSweeps(seconds=0, max_age=5)  # the first sweep is 1.7 s away
+    runner = asyncio.create_task(cache.run())
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await cache.shutdown()
+    await asyncio.wait_for(runner, timeout=1)
+    assert time.monotonic() - started < 0.5
+    assert cache.began == []
+
+
+def _age_every_entry(cache: AgentKeyCache, seconds: float) -> None:
+    """Make every entry ``seconds`` older, as a sweep that came too late leaves them."""
+    for entry in cache._entries.values():
+        entry.validated_at -= seconds
+
+
+@contextlib.contextmanager
+def key_reads() -> Iterator[list[str]]:
+    """The statements that read agent keys meanwhile: one per key, or batched sweeps."""
+    seen: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM agent_keys" in statement:
+            seen.append("sweep" if "agent_keys.id IN" in statement else "key")
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+
+
+async def test_a_late_sweep_is_run_by_the_first_request_that_finds_an_expired_key(
+    tmp_path: Path,
+) -> None:
+    """Under load the sweep's timer runs late and every entry expires at once; the fleet must
+    not then read its keys one request at a time (that load is what made the timer late)."""
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=5) as stack:
+        tree = await stack.tree()
+        agents = [await enrolled_agent(stack, tree) for _ in range(3)]
+        for agent in agents:
+            assert (await beat(stack, agent, 1)).status_code == 200
+        cache = stack.app.state.agent_keys
+        _age_every_entry(cache, 10)
+        await revoke_keys_directly(stack, agents[2]["agent_id"])  # meanwhile, elsewhere
+        with key_reads() as reads:
+            for agent in agents[:2]:
+                assert (await beat(stack, agent, 2)).status_code == 200
+        assert reads == ["sweep"]  # one batched read made both fresh again
+        assert cache.refreshes == 1
+        refused = await beat(stack, agents[2], 2)  # the sweep dropped the revoked key
+        assert refused.status_code == 401, refused.text
+
+
+async def test_requests_that_find_expired_keys_during_a_refresh_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=5) as stack:
+        tree = await stack.tree()
+        agents = [await enrolled_agent(stack, tree) for _ in range(4)]
+        for agent in agents:
+            assert (await beat(stack, agent, 1)).status_code == 200
+        cache = stack.app.state.agent_keys
+        _age_every_entry(cache, 10)
+        with key_reads() as reads:
+            answers = await asyncio.gather(*(beat(stack, agent, 2) for agent in agents))
+        assert [answer.status_code for answer in answers] == [200] * 4
+        assert reads == ["sweep"]
+        assert cache.refreshes == 1

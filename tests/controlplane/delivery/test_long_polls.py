@@ -184,3 +184,40 @@ async def test_a_settled_agent_waits_without_deciding_and_still_gets_the_next_ma
     assert woke.json()["sequence"] == 1
     assert woke.json()["manifest"]["signatures"]
     assert not signals.settled(agent["agent_id"], view.desired_digest)
+
+
+async def test_a_poll_woken_by_its_own_release_going_live_remembers_the_agent_settled(
+    stack: Stack,
+) -> None:
+    """When a rollout finishes, every waiting poll of the environment wakes (a new desired
+    bundle) and decides. An agent that runs it is settled; its next poll must not decide again
+    (10,000 decisions at once, at the end of every rollout)."""
+    world = await make_world(stack, agents=1)
+    (agent,) = world.agents
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    manifest = await world.manifest(agent)
+    held = f'"seq-{manifest.sequence}"'
+    assert (await world.report(agent, manifest, "activating")).status_code == 204
+    waiting = asyncio.create_task(
+        stack.call(
+            "GET", url, headers=agent_headers(agent) | {"If-None-Match": held}, params={"wait": 10}
+        )
+    )
+    await asyncio.sleep(0.2)
+    assert (await world.report(agent, manifest, "active")).status_code == 204
+    await world.heartbeat(agent, manifest.bundle_digest)
+    await world.wait_status(created["id"], "active")
+    woke = await asyncio.wait_for(waiting, timeout=10)
+    assert woke.status_code == 200, woke.text
+    signals: AgentSignals = stack.app.state.agent_signals
+    view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
+    assert view.desired_digest == manifest.bundle_digest
+    assert signals.settled(agent["agent_id"], view.desired_digest)
+    with _count_statements(stack) as statements:
+        again = await stack.call(
+            "GET", url, headers=agent_headers(agent) | {"If-None-Match": woke.headers["etag"]}
+        )
+    assert again.status_code == 304
+    assert not [s for s in statements.texts if "deployment_targets" in s], statements.texts
