@@ -74,8 +74,8 @@ class AgentDeliveryController(Controller):
             ):
                 served = Served(settled=True)  # found settled recently: wait at once
             else:
-                newest = await latest_sequence(session, agent.agent_id)
                 served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
+                newest = served.newest  # read by the decision, in the same snapshot
                 if served.settled and not view.moving:
                     signals.settle(agent.agent_id, view.desired_digest)
             while True:

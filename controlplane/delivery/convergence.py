@@ -149,9 +149,21 @@ async def _joinable(session: AsyncSession, agent: AgentRow) -> DeploymentRow | N
 
 async def _plan(
     session: AsyncSession, delivery: Delivery, agent: AgentRow, now: datetime
-) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None]:
-    """What to do for ``agent``: the plan, the manifest to serve, the deployment to issue for."""
+) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None, int]:
+    """What to do for ``agent``: the plan, the manifest to serve, the deployment to issue for,
+    and the sequence of the newest manifest the agent was issued (0: none)."""
     latest = await latest_target(session, agent.id)
+    plan, serve, deployment = await _decide(session, delivery, agent, now, latest)
+    return plan, serve, deployment, latest.sequence if latest is not None else 0
+
+
+async def _decide(
+    session: AsyncSession,
+    delivery: Delivery,
+    agent: AgentRow,
+    now: datetime,
+    latest: DeploymentTargetRow | None,
+) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None]:
     owner = await session.get(DeploymentRow, latest.deployment_id) if latest else None
     desired = await desired_state(session, agent.env_id)
     digest = desired.bundle_digest if desired else None
@@ -203,14 +215,24 @@ class Served:
     #: Nothing to apply, and nothing falls due later unless something changes (a new desired
     #: bundle, a deployment moving, a manifest issued, a report or heartbeat from the agent).
     settled: bool = False
+    #: The sequence of the newest manifest the decision found issued to the agent (0: none;
+    #: -1: not read), so a long poll need not read it again to notice a newer one later.
+    newest: int = -1
 
     @classmethod
     def of(
-        cls, target: DeploymentTargetRow | None, *, issued: bool = False, settled: bool = False
+        cls,
+        target: DeploymentTargetRow | None,
+        *,
+        issued: bool = False,
+        settled: bool = False,
+        newest: int = -1,
     ) -> Served:
         if target is None:
-            return cls(settled=settled)
-        return cls(target.sequence, target.manifest, (target.agent_id,) if issued else ())
+            return cls(settled=settled, newest=newest)
+        return cls(
+            target.sequence, target.manifest, (target.agent_id,) if issued else (), newest=newest
+        )
 
 
 async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str) -> Served:
@@ -222,10 +244,10 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     agent = await session.get(AgentRow, agent_id)
     if agent is None:
         await session.rollback()
-        return Served()
-    plan, serve, deployment = await _plan(session, delivery, agent, utcnow())
+        return Served(newest=0)
+    plan, serve, deployment, newest = await _plan(session, delivery, agent, utcnow())
     if plan in (_Plan.SERVE, _Plan.SETTLED) or deployment is None:
-        served = Served.of(serve, settled=plan is _Plan.SETTLED)
+        served = Served.of(serve, settled=plan is _Plan.SETTLED, newest=newest)
         await session.rollback()
         return served
     # Decide again under locks: another process may have just issued this agent a manifest.
@@ -238,8 +260,8 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     locked = await session.scalar(select(AgentRow).where(AgentRow.id == agent_id).with_for_update())
     if locked is None:
         await session.rollback()
-        return Served()
-    again, serve, deployment = await _plan(session, delivery, locked, utcnow())
+        return Served(newest=0)
+    again, serve, deployment, newest = await _plan(session, delivery, locked, utcnow())
     same = deployment is not None and again is plan and deployment.id == planned
     bundle = (
         await session.get(ConfigBundleRow, deployment.config_bundle_id)
@@ -247,7 +269,7 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
         else None
     )
     if deployment is None or bundle is None or bundle.status != "ready":
-        served = Served.of(serve)
+        served = Served.of(serve, newest=newest)
         await session.rollback()
         return served
     if plan is _Plan.JOIN:
@@ -256,7 +278,7 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     issued = await issue_manifest(
         session, delivery, deployment, agent_id, bundle, TargetPhase.DEPLOY
     )
-    served = Served.of(issued, issued=True)
+    served = Served.of(issued, issued=True, newest=issued.sequence if issued else newest)
     await session.commit()
     return served
 

@@ -221,3 +221,20 @@ async def test_a_poll_woken_by_its_own_release_going_live_remembers_the_agent_se
         )
     assert again.status_code == 304
     assert not [s for s in statements.texts if "deployment_targets" in s], statements.texts
+
+
+async def test_a_deployment_check_reads_the_agent_manifests_once(stack: Stack) -> None:
+    """The decision's own read of the newest manifest is what a waiting poll later compares
+    with; reading it a second time cost a statement on every deployment check of a fleet."""
+    world = await make_world(stack, agents=1)
+    (agent,) = world.agents
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    with _count_statements(stack) as statements:
+        answer = await stack.call("GET", url, headers=agent_headers(agent))
+    assert answer.status_code == 200
+    assert answer.json()["sequence"] == 1
+    # The agent's own manifests (the environment's shared view reads all of them, apart).
+    reads = [s for s in statements.texts if "WHERE deployment_targets.agent_id =" in s]
+    assert len(reads) == 1, reads
