@@ -472,6 +472,16 @@ def _age_every_entry(cache: AgentKeyCache, seconds: float) -> None:
         entry.validated_at -= seconds
 
 
+async def _agents_with_expired_keys(stack: Stack, count: int) -> list[dict[str, Any]]:
+    """``count`` agents whose keys were cached by a heartbeat, every entry now expired."""
+    tree = await stack.tree()
+    agents = [await enrolled_agent(stack, tree) for _ in range(count)]
+    for agent in agents:
+        assert (await beat(stack, agent, 1)).status_code == 200
+    _age_every_entry(stack.app.state.agent_keys, 10)
+    return agents
+
+
 @contextlib.contextmanager
 def key_reads() -> Iterator[list[str]]:
     """The statements that read agent keys meanwhile: one per key, or batched sweeps."""
@@ -494,12 +504,8 @@ async def test_a_late_sweep_is_run_by_the_first_request_that_finds_an_expired_ke
     """Under load the sweep's timer runs late and every entry expires at once; the fleet must
     not then read its keys one request at a time (that load is what made the timer late)."""
     async with sqlite_stack(tmp_path, agent_key_cache_seconds=5) as stack:
-        tree = await stack.tree()
-        agents = [await enrolled_agent(stack, tree) for _ in range(3)]
-        for agent in agents:
-            assert (await beat(stack, agent, 1)).status_code == 200
+        agents = await _agents_with_expired_keys(stack, 3)
         cache = stack.app.state.agent_keys
-        _age_every_entry(cache, 10)
         await revoke_keys_directly(stack, agents[2]["agent_id"])  # meanwhile, elsewhere
         with key_reads() as reads:
             for agent in agents[:2]:
@@ -514,12 +520,8 @@ async def test_requests_that_find_expired_keys_during_a_refresh_wait_for_it(
     tmp_path: Path,
 ) -> None:
     async with sqlite_stack(tmp_path, agent_key_cache_seconds=5) as stack:
-        tree = await stack.tree()
-        agents = [await enrolled_agent(stack, tree) for _ in range(4)]
-        for agent in agents:
-            assert (await beat(stack, agent, 1)).status_code == 200
+        agents = await _agents_with_expired_keys(stack, 4)
         cache = stack.app.state.agent_keys
-        _age_every_entry(cache, 10)
         with key_reads() as reads:
             answers = await asyncio.gather(*(beat(stack, agent, 2) for agent in agents))
         assert [answer.status_code for answer in answers] == [200] * 4
