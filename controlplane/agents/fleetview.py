@@ -37,8 +37,9 @@ class EnvironmentDelivery(NamedTuple):
 
     #: Agent → sequence of its newest manifest, for agents whose newest manifest still waits.
     waiting: Mapping[str, int]
-    #: A deployment of the environment is rolling out or rolling back.
-    moving: bool
+    #: The environment's deployments rolling out or rolling back, as ``"<id>/<status>"``
+    #: (empty: none is moving).
+    moving: frozenset[str]
 
 
 DeliveryState: TypeAlias = Callable[["AsyncSession", str], Awaitable[EnvironmentDelivery]]
@@ -51,8 +52,9 @@ class EnvironmentView:
     desired_digest: str | None
     #: Agent → sequence of its newest manifest, for agents whose newest manifest still waits.
     waiting: Mapping[str, int]
-    #: A deployment of the environment is rolling out or rolling back.
-    moving: bool
+    #: The environment's deployments rolling out or rolling back, as ``"<id>/<status>"``
+    #: (empty: none is moving).
+    moving: frozenset[str]
     pending_keys: frozenset[str]
     keyset_version: int
     read_at: float

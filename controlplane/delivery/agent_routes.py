@@ -31,6 +31,14 @@ __all__ = ["NOTHING_ETAG", "AgentDeliveryController"]
 NOTHING_ETAG = '"seq-0"'
 
 
+def _held_sequence(etag: str | None) -> int | None:
+    """The sequence an ``If-None-Match`` of ours names (``"seq-N"``), else ``None``."""
+    if etag is None or not etag.startswith('"seq-') or not etag.endswith('"'):
+        return None
+    digits = etag[5:-1]
+    return int(digits) if digits.isdigit() and len(digits) <= 18 else None
+
+
 class AgentDeliveryController(Controller):
     path = "/api/v1/agents/{agent_id:str}"
     tags = ["agent runtime"]
@@ -62,22 +70,19 @@ class AgentDeliveryController(Controller):
         fleet: FleetView = state.fleet
         signals: AgentSignals = state.agent_signals
         deadline = time.monotonic() + min(wait, state.settings.long_poll_max_seconds)
+        held = _held_sequence(if_none_match)
         # Registered before deciding, so a manifest issued meanwhile wakes this poll.
         with signals.waiter(agent.agent_id) as waiter:
             view = await fleet.environment(agent.org_id, agent.env_id)
             newest = -1  # the agent's newest manifest when the decision was taken (-1: unknown)
-            if (
-                if_none_match == NOTHING_ETAG
-                and not view.moving
-                and agent.agent_id not in view.waiting
-                and signals.settled(agent.agent_id, view.desired_digest)
-            ):
-                served = Served(settled=True)  # found settled recently: wait at once
+            if held is not None and signals.settled(agent.agent_id, held, view):
+                served = Served(held)  # answered so recently, and nothing changed: wait at once
             else:
+                waiter.acted = False  # a report from here on may not show in what it reads
                 served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
                 newest = served.newest  # read by the decision, in the same snapshot
-                if served.settled and not view.moving:
-                    signals.settle(agent.agent_id, view.desired_digest)
+                if served.stable:
+                    signals.settle(waiter, served.sequence, view)
             while True:
                 if served.issued_to:
                     signals.notify(served.issued_to)
@@ -97,16 +102,19 @@ class AgentDeliveryController(Controller):
                 delivered, waiter.delivered = waiter.delivered, None
                 if delivered is not None and delivered[0] > served.sequence:
                     served = Served(*delivered)  # issued and committed here just now
+                    waiter.acted = False  # nothing was read: only a report from now on counts
+                    signals.settle_delivered(waiter, served.sequence)
                     continue
                 view = await fleet.environment(agent.org_id, agent.env_id)
                 now_newest = await latest_sequence(session, agent.agent_id)
                 if now_newest != newest or view.desired_digest != waiter.desired:
                     newest = now_newest
+                    waiter.acted = False
                     served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
                     # A rollout that finishes wakes every poll of the environment: remember the
-                    # settled ones, or each would decide again on its next poll.
-                    if served.settled and not view.moving:
-                        signals.settle(agent.agent_id, view.desired_digest)
+                    # answers, or each would decide again on its next poll.
+                    if served.stable:
+                        signals.settle(waiter, served.sequence, view)
         if if_none_match == etag:
             return Response(content=b"", status_code=304, headers={"ETag": etag})
         body = AgentDeployment(
@@ -129,8 +137,10 @@ class AgentDeliveryController(Controller):
     ) -> None:
         # Applied with the other reports waiting now, in one transaction; answered once durable.
         agent_id = authenticated_agent(request).agent_id
-        request.app.state.agent_signals.forget(agent_id)  # the agent acted: decide in full
+        signals: AgentSignals = request.app.state.agent_signals
+        signals.forget(agent_id)  # the agent acted: decide in full
         await request.app.state.reports.submit(agent_id, data)
+        signals.forget(agent_id)  # and not on what a poll read before the report was applied
 
     @get(
         "/bundles/{digest:str}",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import aliased, undefer
@@ -147,14 +147,26 @@ async def _joinable(session: AsyncSession, agent: AgentRow) -> DeploymentRow | N
     return None
 
 
+class _Decision(NamedTuple):
+    plan: _Plan
+    #: The manifest to serve (``None``: nothing to apply).
+    serve: DeploymentTargetRow | None = None
+    #: The deployment to issue a manifest for (``ISSUE``, ``JOIN``).
+    deployment: DeploymentRow | None = None
+    #: The answer holds until the agent acts or the environment's view changes: no time-based
+    #: step (a retry falling due, heartbeats that may yet disagree) can change it.
+    stable: bool = False
+    #: The sequence of the newest manifest the agent was issued (0: none).
+    newest: int = 0
+
+
 async def _plan(
     session: AsyncSession, delivery: Delivery, agent: AgentRow, now: datetime
-) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None, int]:
-    """What to do for ``agent``: the plan, the manifest to serve, the deployment to issue for,
-    and the sequence of the newest manifest the agent was issued (0: none)."""
+) -> _Decision:
+    """What to do for ``agent`` now."""
     latest = await latest_target(session, agent.id)
-    plan, serve, deployment = await _decide(session, delivery, agent, now, latest)
-    return plan, serve, deployment, latest.sequence if latest is not None else 0
+    decision = await _decide(session, delivery, agent, now, latest)
+    return decision._replace(newest=latest.sequence if latest is not None else 0)
 
 
 async def _decide(
@@ -163,30 +175,32 @@ async def _decide(
     agent: AgentRow,
     now: datetime,
     latest: DeploymentTargetRow | None,
-) -> tuple[_Plan, DeploymentTargetRow | None, DeploymentRow | None]:
+) -> _Decision:
     owner = await session.get(DeploymentRow, latest.deployment_id) if latest else None
     desired = await desired_state(session, agent.env_id)
     digest = desired.bundle_digest if desired else None
     if _holds(owner, latest, desired):
-        return _Plan.SERVE, _waiting(latest, owner, True, digest), None
+        # Only a report, the deployment moving on, or a manifest issued changes what it serves.
+        return _Decision(_Plan.SERVE, _waiting(latest, owner, True, digest), stable=True)
     joinable = await _joinable(session, agent)
     if joinable is not None:
-        return _Plan.JOIN, None, joinable
+        return _Decision(_Plan.JOIN, deployment=joinable)
     waiting = _waiting(latest, owner, False, digest)
-    serve = _Plan.SERVE, waiting, None
-    settled = (_Plan.SETTLED if waiting is None else _Plan.SERVE), waiting, None
+    serve = _Decision(_Plan.SERVE, waiting)
+    settled = _Decision(_Plan.SETTLED if waiting is None else _Plan.SERVE, waiting, stable=True)
     if desired is None:
         return settled
     target = await session.get(DeploymentRow, desired.deployment_id)
+    issue = _Decision(_Plan.ISSUE, deployment=target)
     if latest is not None and latest.bundle_digest == desired.bundle_digest:
         status = TargetStatus(latest.status)
         if status in (TargetStatus.ISSUED, TargetStatus.ACTIVATING):
-            return serve
+            return serve._replace(stable=True)  # the agent acts next
         if status in (TargetStatus.UNREACHABLE, TargetStatus.CANCELLED):
-            return _Plan.ISSUE, None, target
+            return issue
         due = latest.updated_at + retry_delay(delivery.settings, latest.attempts)
         if status is TargetStatus.FAILED:
-            return (_Plan.ISSUE, None, target) if now >= due else serve
+            return issue if now >= due else serve
         # Confirmed: re-issue only if heartbeats well after the confirmation say otherwise.
         observed = observed_bundle(agent, delivery.heartbeats)
         grace = timedelta(seconds=delivery.settings.agent_heartbeat_interval_seconds)
@@ -196,12 +210,12 @@ async def _decide(
             and observed.digest != desired.bundle_digest
         )
         if lost:
-            return (_Plan.ISSUE, None, target) if now >= due else serve
+            return issue if now >= due else serve
         # Settled only once heartbeats agree: a disagreeing one may turn into "lost" later.
         return settled if observed.digest == desired.bundle_digest else serve
     if observed_bundle(agent, delivery.heartbeats).digest == desired.bundle_digest:
         return settled
-    return _Plan.ISSUE, None, target
+    return issue
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +226,10 @@ class Served:
     manifest: Any = None
     #: Agents issued a manifest by this decision (their long polls are woken).
     issued_to: tuple[str, ...] = ()
-    #: Nothing to apply, and nothing falls due later unless something changes (a new desired
-    #: bundle, a deployment moving, a manifest issued, a report or heartbeat from the agent).
-    settled: bool = False
+    #: This answer holds until something changes: a report from the agent, a manifest issued to
+    #: it, or the environment's desired bundle, moving deployments or waiting manifests. No
+    #: time-based step (a retry falling due, heartbeats that may yet disagree) can change it.
+    stable: bool = False
     #: The sequence of the newest manifest the decision found issued to the agent (0: none;
     #: -1: not read), so a long poll need not read it again to notice a newer one later.
     newest: int = -1
@@ -225,14 +240,13 @@ class Served:
         target: DeploymentTargetRow | None,
         *,
         issued: bool = False,
-        settled: bool = False,
+        stable: bool = False,
         newest: int = -1,
     ) -> Served:
         if target is None:
-            return cls(settled=settled, newest=newest)
-        return cls(
-            target.sequence, target.manifest, (target.agent_id,) if issued else (), newest=newest
-        )
+            return cls(stable=stable, newest=newest)
+        issued_to = (target.agent_id,) if issued else ()
+        return cls(target.sequence, target.manifest, issued_to, stable, newest)
 
 
 async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str) -> Served:
@@ -245,9 +259,10 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     if agent is None:
         await session.rollback()
         return Served(newest=0)
-    plan, serve, deployment, newest = await _plan(session, delivery, agent, utcnow())
+    decision = await _plan(session, delivery, agent, utcnow())
+    plan, deployment = decision.plan, decision.deployment
     if plan in (_Plan.SERVE, _Plan.SETTLED) or deployment is None:
-        served = Served.of(serve, settled=plan is _Plan.SETTLED, newest=newest)
+        served = Served.of(decision.serve, stable=decision.stable, newest=decision.newest)
         await session.rollback()
         return served
     # Decide again under locks: another process may have just issued this agent a manifest.
@@ -261,15 +276,16 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
     if locked is None:
         await session.rollback()
         return Served(newest=0)
-    again, serve, deployment, newest = await _plan(session, delivery, locked, utcnow())
-    same = deployment is not None and again is plan and deployment.id == planned
+    again = await _plan(session, delivery, locked, utcnow())
+    deployment, newest = again.deployment, again.newest
+    same = deployment is not None and again.plan is plan and deployment.id == planned
     bundle = (
         await session.get(ConfigBundleRow, deployment.config_bundle_id)
         if deployment is not None and same
         else None
     )
     if deployment is None or bundle is None or bundle.status != "ready":
-        served = Served.of(serve, newest=newest)
+        served = Served.of(again.serve, newest=newest)
         await session.rollback()
         return served
     if plan is _Plan.JOIN:
@@ -285,7 +301,7 @@ async def manifest_for(session: AsyncSession, delivery: Delivery, agent_id: str)
 
 async def delivery_state(session: AsyncSession, env_id: str) -> EnvironmentDelivery:
     """The environment's agents whose newest manifest still waits for them (``issued``), with
-    that manifest's sequence, and whether one of its deployments is moving."""
+    that manifest's sequence, and which of its deployments are moving."""
     newer = aliased(DeploymentTargetRow)
     rows = await session.execute(
         select(DeploymentTargetRow.agent_id, DeploymentTargetRow.sequence)
@@ -300,14 +316,10 @@ async def delivery_state(session: AsyncSession, env_id: str) -> EnvironmentDeliv
         )
     )
     waiting = {agent_id: int(sequence) for agent_id, sequence in rows}
-    moving = await session.scalar(
-        select(
-            exists().where(
-                DeploymentRow.env_id == env_id,
-                DeploymentRow.status.in_(
-                    [DeploymentStatus.DEPLOYING, DeploymentStatus.ROLLING_BACK]
-                ),
-            )
+    moving = await session.execute(
+        select(DeploymentRow.id, DeploymentRow.status).where(
+            DeploymentRow.env_id == env_id,
+            DeploymentRow.status.in_([DeploymentStatus.DEPLOYING, DeploymentStatus.ROLLING_BACK]),
         )
     )
-    return EnvironmentDelivery(waiting, bool(moving))
+    return EnvironmentDelivery(waiting, frozenset(f"{id_}/{status}" for id_, status in moving))

@@ -12,12 +12,15 @@ One watcher task per environment with waiting polls does the second, so a waitin
 nothing until it is woken: no timer per poll per second. Polls register before they take their
 decision, so a manifest issued meanwhile is never missed.
 
-The control plane also remembers, per agent and for at most ``settled_seconds``, that a full
-convergence decision found it *settled* (nothing to apply, nothing due later) against the
-environment's desired bundle. A new poll of a settled agent, with the ETag of "nothing", in an
-environment where no deployment is moving and no manifest waits for it, skips the decision and
-waits at once. A manifest issued here or a report from the agent forgets it; a new desired
-bundle or a moving deployment makes it irrelevant.
+The control plane also remembers, per agent and for at most ``settled_seconds``, the answer a
+full convergence decision gave (:meth:`AgentSignals.settle`) when that answer stays the same until
+something happens (``Served.stable``): the agent reports, a manifest is issued to it, or the
+environment's view shows another desired bundle, other deployments moving, or another manifest
+waiting for the agent. A manifest handed to a poll here is remembered the same way, for as long
+as the view shows it waiting for the agent. A new poll whose ETag names the remembered manifest
+(or "nothing"), against a view that shows what it showed then, skips the decision and waits at
+once. During a rollout that is what spares the control plane a decision for every poll of every
+host that already holds its manifest, or already runs it while the others catch up.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class Waiter:
     #: A manifest issued here meanwhile, handed over as (sequence, envelope): the poll answers
     #: with it without reading it back (a rollout wakes thousands of polls at once).
     delivered: tuple[int, Any] | None = None
+    #: The agent reported since this poll began its decision (the poll clears it first): what
+    #: it decided is not remembered (it may have read the state from before the report).
+    acted: bool = False
 
     def stale_in(self, view: EnvironmentView) -> bool:
         """Whether ``view`` shows something this poll has not seen."""
@@ -69,6 +75,20 @@ class Waiter:
                 async with asyncio.timeout(timeout):
                     await self.event.wait()
         return self.event.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """A remembered answer: the manifest's sequence (0: nothing) and the view it held in."""
+
+    sequence: int
+    #: What the view showed waiting for the agent (``EnvironmentView.waiting``), if anything.
+    waiting: int | None
+    #: The view's desired bundle and moving deployments, or ``None`` for a manifest handed over
+    #: here (it holds while the view shows it waiting for the agent, whatever else moves).
+    desired: str | None
+    moving: frozenset[str] | None
+    expires: float
 
 
 @dataclass(slots=True, eq=False)
@@ -92,7 +112,7 @@ class AgentSignals:
         self.settled_seconds = settled_seconds
         self._waiters: dict[str, set[Waiter]] = {}
         self._environments: dict[str, _Environment] = {}
-        self._settled: dict[str, tuple[str | None, float]] = {}
+        self._settled: dict[str, _Settled] = {}
 
     # --- waking -----------------------------------------------------------------------------
 
@@ -174,27 +194,51 @@ class AgentSignals:
 
     # --- settled agents -----------------------------------------------------------------------
 
-    def settle(self, agent_id: str, desired: str | None) -> None:
-        """A full decision found ``agent_id`` settled against the desired bundle ``desired``."""
-        if self.settled_seconds <= 0:
-            return
+    def settle(self, waiter: Waiter, sequence: int, view: EnvironmentView) -> None:
+        """A full decision, taken after ``view`` was read, answered ``sequence`` (0: nothing),
+        and that answer holds until the agent acts or the view changes (``Served.stable``)."""
+        if self._may_remember(waiter):
+            waiting = view.waiting.get(waiter.agent_id)
+            self._remember(
+                waiter.agent_id, _Settled(sequence, waiting, view.desired_digest, view.moving, 0)
+            )
+
+    def settle_delivered(self, waiter: Waiter, sequence: int) -> None:
+        """The manifest ``sequence`` issued here was handed to the agent's poll."""
+        if self._may_remember(waiter):
+            self._remember(waiter.agent_id, _Settled(sequence, sequence, None, None, 0))
+
+    def _may_remember(self, waiter: Waiter) -> bool:
+        # A report meanwhile, or a manifest issued meanwhile (the poll is woken: it looks again).
+        return self.settled_seconds > 0 and not waiter.acted and not waiter.event.is_set()
+
+    def _remember(self, agent_id: str, settled: _Settled) -> None:
         if len(self._settled) >= _MAX_SETTLED:
             self._settled.clear()
-        self._settled[agent_id] = (desired, time.monotonic() + self.settled_seconds)
+        expires = time.monotonic() + self.settled_seconds
+        self._settled[agent_id] = _Settled(
+            settled.sequence, settled.waiting, settled.desired, settled.moving, expires
+        )
 
-    def settled(self, agent_id: str, desired: str | None) -> bool:
-        """Whether ``agent_id`` was found settled against ``desired`` recently."""
+    def settled(self, agent_id: str, sequence: int, view: EnvironmentView) -> bool:
+        """Whether a recent answer for ``agent_id`` was ``sequence`` and still holds in ``view``."""
         found = self._settled.get(agent_id)
         if found is None:
             return False
-        if found[1] < time.monotonic():
+        if found.expires < time.monotonic():
             del self._settled[agent_id]
             return False
-        return found[0] == desired
+        if found.sequence != sequence or view.waiting.get(agent_id) != found.waiting:
+            return False
+        return found.moving is None or (
+            found.desired == view.desired_digest and found.moving == view.moving
+        )
 
     def forget(self, agent_id: str) -> None:
-        """The agent acted (it reported): take the next decision in full."""
+        """The agent acted (it reported): take its next decisions in full."""
         self._settled.pop(agent_id, None)
+        for waiter in self._waiters.get(agent_id, ()):
+            waiter.acted = True
 
     async def shutdown(self) -> None:
         """Stop the watchers (their polls end on their own bounds)."""

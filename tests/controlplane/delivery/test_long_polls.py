@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -25,11 +26,15 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-def _view(desired: str | None = "sha256:a", waiting: Mapping[str, int] | None = None) -> Any:
+def _view(
+    desired: str | None = "sha256:a",
+    waiting: Mapping[str, int] | None = None,
+    moving: frozenset[str] = frozenset(),
+) -> Any:
     return EnvironmentView(
         desired_digest=desired,
         waiting=dict(waiting or {}),
-        moving=False,
+        moving=moving,
         pending_keys=frozenset(),
         keyset_version=1,
         read_at=time.monotonic(),
@@ -114,17 +119,72 @@ async def test_a_handed_over_manifest_reaches_the_waiting_poll() -> None:
 
 async def test_settled_agents_are_remembered_for_a_bounded_time() -> None:
     signals = AgentSignals(settled_seconds=0.2)
-    signals.settle("agt_1", "sha256:a")
-    assert signals.settled("agt_1", "sha256:a")
-    assert not signals.settled("agt_1", "sha256:b")  # another desired bundle: decide again
+    view = _view()
+
+    def settle(sequence: int = 0, remembered: EnvironmentView = view) -> None:
+        with signals.waiter("agt_1") as waiter:
+            signals.settle(waiter, sequence, remembered)
+
+    settle()
+    assert signals.settled("agt_1", 0, view)
+    assert not signals.settled("agt_1", 3, view)  # the poll holds another manifest
+    assert not signals.settled("agt_2", 0, view)
+    assert not signals.settled("agt_1", 0, _view(desired="sha256:b"))  # another desired bundle
+    assert not signals.settled("agt_1", 0, _view(moving=frozenset({"dep_1/deploying"})))
+    assert not signals.settled("agt_1", 0, _view(waiting={"agt_1": 4}))  # one waits for it
+    assert signals.settled("agt_1", 0, _view(waiting={"agt_2": 4}))  # for another agent
     signals.notify(["agt_1"])  # a manifest was issued to it
-    assert not signals.settled("agt_1", "sha256:a")
-    signals.settle("agt_1", "sha256:a")
+    assert not signals.settled("agt_1", 0, view)
+    settle()
     signals.forget("agt_1")  # it reported
-    assert not signals.settled("agt_1", "sha256:a")
-    signals.settle("agt_1", "sha256:a")
+    assert not signals.settled("agt_1", 0, view)
+    settle()
     await asyncio.sleep(0.25)
-    assert not signals.settled("agt_1", "sha256:a")
+    assert not signals.settled("agt_1", 0, view)
+
+
+async def test_a_rollout_moving_on_or_rolling_back_ends_what_was_remembered() -> None:
+    signals = AgentSignals()
+    rolling = _view(desired="sha256:a", moving=frozenset({"dep_1/deploying"}))
+    with signals.waiter("agt_1") as waiter:
+        signals.settle(waiter, 0, rolling)  # it runs the release; the others catch up
+    assert signals.settled("agt_1", 0, rolling)
+    assert not signals.settled("agt_1", 0, _view(moving=frozenset({"dep_1/rolling_back"})))
+    assert not signals.settled("agt_1", 0, _view(moving=frozenset()))  # it finished
+    both = frozenset({"dep_1/deploying", "dep_2/deploying"})
+    assert not signals.settled("agt_1", 0, _view(moving=both))  # another one started
+
+
+async def test_a_handed_over_manifest_is_remembered_while_the_view_shows_it_waiting() -> None:
+    signals = AgentSignals()
+    with signals.waiter("agt_1") as waiter:
+        signals.settle_delivered(waiter, 7)
+    # Whatever else moves: the agent holds the manifest that waits for it.
+    assert signals.settled("agt_1", 7, _view(waiting={"agt_1": 7}, moving=frozenset({"d/x"})))
+    assert not signals.settled("agt_1", 7, _view())  # not yet in the view, or no longer waiting
+    assert not signals.settled("agt_1", 7, _view(waiting={"agt_1": 8}))  # a newer one waits
+    assert not signals.settled("agt_1", 0, _view(waiting={"agt_1": 7}))
+
+
+async def test_what_a_poll_decided_around_a_report_or_a_wake_up_is_not_remembered() -> None:
+    """A decision may have read the state from before the agent's report was applied, or
+    before a manifest issued meanwhile: remembering it would hold a stale answer."""
+    signals = AgentSignals()
+    view = _view()
+    with signals.waiter("agt_1") as waiter:
+        signals.forget("agt_1")  # the agent reported while this poll was deciding
+        signals.settle(waiter, 0, view)
+        signals.settle_delivered(waiter, 3)
+    assert not signals.settled("agt_1", 0, view)
+    assert not signals.settled("agt_1", 3, _view(waiting={"agt_1": 3}))
+    with signals.waiter("agt_1") as waiter:
+        signals.notify(["agt_1"])  # woken: it looks again before it waits
+        signals.settle(waiter, 0, view)
+    assert not signals.settled("agt_1", 0, view)
+    with signals.waiter("agt_1") as waiter:
+        signals.settle(waiter, 0, view)
+    assert signals.settled("agt_1", 0, view)
+    assert not AgentSignals(settled_seconds=0).settled("agt_1", 0, view)
 
 
 @dataclass
@@ -160,7 +220,7 @@ async def test_a_settled_agent_waits_without_deciding_and_still_gets_the_next_ma
     assert first.headers["etag"] == '"seq-0"'
     signals: AgentSignals = stack.app.state.agent_signals
     view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
-    assert signals.settled(agent["agent_id"], view.desired_digest)
+    assert signals.settled(agent["agent_id"], 0, view)
 
     with _count_statements(stack) as statements:
         again = await stack.call(
@@ -183,7 +243,7 @@ async def test_a_settled_agent_waits_without_deciding_and_still_gets_the_next_ma
     assert woke.status_code == 200
     assert woke.json()["sequence"] == 1
     assert woke.json()["manifest"]["signatures"]
-    assert not signals.settled(agent["agent_id"], view.desired_digest)
+    assert not signals.settled(agent["agent_id"], 0, view)
 
 
 async def test_a_poll_woken_by_its_own_release_going_live_remembers_the_agent_settled(
@@ -214,13 +274,85 @@ async def test_a_poll_woken_by_its_own_release_going_live_remembers_the_agent_se
     signals: AgentSignals = stack.app.state.agent_signals
     view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
     assert view.desired_digest == manifest.bundle_digest
-    assert signals.settled(agent["agent_id"], view.desired_digest)
+    assert signals.settled(agent["agent_id"], 0, view)
     with _count_statements(stack) as statements:
         again = await stack.call(
             "GET", url, headers=agent_headers(agent) | {"If-None-Match": woke.headers["etag"]}
         )
     assert again.status_code == 304
     assert not [s for s in statements.texts if "deployment_targets" in s], statements.texts
+
+
+def _targets_read(statements: _Statements) -> list[str]:
+    """The agent's own manifests read (a decision); the environment's view reads them apart."""
+    return [s for s in statements.texts if "WHERE deployment_targets.agent_id =" in s]
+
+
+async def test_during_a_rollout_polls_of_agents_holding_or_running_the_release_wait_at_once(
+    stack: Stack,
+) -> None:
+    """While a rollout moves, every poll of every host used to take a full decision: a fleet's
+    worth at once right after the hand-over, and again each round until the last host caught
+    up. A host that holds the manifest waiting for it, or already runs the release, waits."""
+    world = await make_world(stack, agents=2)
+    agent, _slow = world.agents  # the other one never reports: the rollout keeps moving
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    headers = agent_headers(agent)
+    polling = asyncio.create_task(
+        stack.call("GET", url, headers=headers | {"If-None-Match": '"seq-0"'}, params={"wait": 10})
+    )
+    await asyncio.sleep(0.2)
+    created = (await world.deploy()).json()
+    handed = await asyncio.wait_for(polling, timeout=10)
+    assert handed.status_code == 200, handed.text
+    held = handed.headers["etag"]
+    assert held == f'"seq-{handed.json()["sequence"]}"' != '"seq-0"'
+    assert (await world.detail(created["id"]))["status"] == "deploying"
+
+    with _count_statements(stack) as statements:
+        again = await stack.call("GET", url, headers=headers | {"If-None-Match": held})
+    assert again.status_code == 304
+    assert not _targets_read(statements), statements.texts
+
+    manifest = await world.manifest(agent)  # the same manifest, read in full (a decision)
+    assert f'"seq-{manifest.sequence}"' == held
+    assert (await world.report(agent, manifest, "activating")).status_code == 204
+    with _count_statements(stack) as statements:  # it reported: decide again
+        again = await stack.call("GET", url, headers=headers | {"If-None-Match": held})
+    assert again.status_code == 304
+    assert _targets_read(statements)
+    assert (await world.report(agent, manifest, "active")).status_code == 204
+    done = await stack.call("GET", url, headers=headers | {"If-None-Match": held})
+    assert done.status_code == 200
+    assert done.json() == {"manifest": None, "sequence": 0}  # nothing more to apply
+
+    with _count_statements(stack) as statements:
+        waits = await stack.call("GET", url, headers=headers | {"If-None-Match": '"seq-0"'})
+    assert waits.status_code == 304
+    assert not _targets_read(statements), statements.texts
+    assert (await world.detail(created["id"]))["status"] == "deploying"
+
+
+async def test_a_manifest_issued_by_another_process_ends_what_a_poll_remembered(
+    stack: Stack,
+) -> None:
+    """Another process's manifests show in the environment's view, not in this process's
+    signals: a remembered answer must not hide one."""
+    world = await make_world(stack, agents=1)
+    (agent,) = world.agents
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    headers = agent_headers(agent)
+    assert (await stack.call("GET", url, headers=headers)).headers["etag"] == '"seq-0"'
+    signals: AgentSignals = stack.app.state.agent_signals
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    # As if issued elsewhere: this process's memory of the agent survives the rollout.
+    view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
+    with signals.waiter(agent["agent_id"]) as waiter:
+        signals.settle(waiter, 0, dataclasses.replace(view, waiting={}))
+    answer = await stack.call("GET", url, headers=headers | {"If-None-Match": '"seq-0"'})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sequence"] == view.waiting[agent["agent_id"]]
 
 
 async def test_a_deployment_check_reads_the_agent_manifests_once(stack: Stack) -> None:
