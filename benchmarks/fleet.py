@@ -23,7 +23,7 @@ are online and long-polling, promote a draft to a version, then create a deploym
 starts when the deployment is requested; it stops when the last agent's ``active`` report is
 acknowledged. Meanwhile the deployment is polled until the server calls it ``active``. Reported:
 time to all active, median and slowest agent, heartbeat latency on the wire (p50/p99) during
-convergence, server CPU seconds and peak RSS (sampled every 0.5 s) over the convergence window,
+convergence, the same for each rollout step (reports, bundle download), server CPU seconds and peak RSS (sampled every 0.5 s) over the convergence window,
 responses by route and status, and a summary of the server log. A measurement is bounded
 (20 s of convergence quick, 300 s full); one that does not converge says how many got there.
 
@@ -294,6 +294,8 @@ class Fleet:
     agents: list[SimAgent]
     statuses: Counter[tuple[str, str]] = field(default_factory=Counter)
     heartbeats: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds)
+    #: Seconds on the wire of each rollout step (reports, downloads) after the deployment.
+    steps: dict[str, list[float]] = field(default_factory=dict)
     clock: float = 0.0  # convergence t0 (perf_counter); 0 before the deployment is requested
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -371,6 +373,10 @@ class Fleet:
                 await asyncio.sleep(2.0 * (attempt + 1))
         raise RuntimeError(f"{method} {path} failed; see statuses[{route!r}]")
 
+    def timed(self, step: str, seconds: float) -> None:
+        if self.clock:
+            self.steps.setdefault(step, []).append(seconds)
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
@@ -427,13 +433,14 @@ class Fleet:
         path = f"/api/v1/agents/{agent.agent_id}/deployment"
         for attempt in range(6):
             try:
-                reply, _ = await self.pool.request(
+                reply, seconds = await self.pool.request(
                     "POST", path, headers=agent.headers | _JSON, body=_ENCODER.encode(report)
                 )
             except _TRANSPORT_ERRORS as exc:
                 self.record(f"report {report.status}", exc)
             else:
                 self.record(f"report {report.status}", reply.status)
+                self.timed(f"report {report.status}", seconds)
                 if reply.status < 300:
                     return True
                 if reply.status < 500 and reply.status != 429:
@@ -462,7 +469,7 @@ class Fleet:
         )
         digest = quote(payload.bundle_digest, safe=":")
         try:
-            reply, _ = await self.pool.request(
+            reply, seconds = await self.pool.request(
                 "GET", f"/api/v1/agents/{agent.agent_id}/bundles/{digest}", headers=agent.headers
             )
         except _TRANSPORT_ERRORS as exc:
@@ -470,6 +477,7 @@ class Fleet:
             agent.etag = None  # fetch the manifest again rather than wait on it (304)
             return
         self.record("bundle download", reply.status)
+        self.timed("bundle download", seconds)
         if reply.status != 200:
             agent.etag = None
             return
@@ -804,6 +812,13 @@ async def _deploy_and_wait(
             "heartbeats": len(beats),
             "heartbeat_p50_ms": round(statistics.median(beats) * 1000, 2) if beats else None,
             "heartbeat_p99_ms": round(_percentile(beats, 0.99) * 1000, 2) if beats else None,
+            "steps_ms": {
+                step: {
+                    "p50": round(statistics.median(seconds) * 1000, 1),
+                    "p99": round(_percentile(seconds, 0.99) * 1000, 1),
+                }
+                for step, seconds in sorted(fleet.steps.items())
+            },
             "server_cpu_seconds": round(cpu, 2),
             "server_cpu_cores": round(cpu / (ended - t0), 2) if ended > t0 else None,
             "server_peak_rss_mib": round(peak[0] / 2**20, 1),

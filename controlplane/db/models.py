@@ -527,7 +527,11 @@ class DeploymentTargetRow(Base):
     #: How many manifests this row has carried (a convergence retry issues a fresh one).
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    manifest: Mapped[Any] = mapped_column(JSONDocument, nullable=False)
+    #: The signed envelope, loaded only where it is served (``undefer``): decoding it on every
+    #: report batch, tally and deadline sweep cost a fleet's worth of JSON parsing each time.
+    manifest: Mapped[Any] = mapped_column(
+        JSONDocument, nullable=False, deferred=True, deferred_raiseload=True
+    )
     previous_bundle_id: Mapped[str | None] = mapped_column(ID, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(

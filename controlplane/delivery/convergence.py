@@ -68,6 +68,7 @@ async def latest_target(session: AsyncSession, agent_id: str) -> DeploymentTarge
     """The newest manifest issued to this agent."""
     return await session.scalar(
         select(DeploymentTargetRow)
+        .options(undefer(DeploymentTargetRow.manifest))  # served from here
         .where(DeploymentTargetRow.agent_id == agent_id)
         .order_by(DeploymentTargetRow.sequence.desc())
         .limit(1)

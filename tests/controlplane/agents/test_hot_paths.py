@@ -62,11 +62,17 @@ async def write_lock_held(stack: Stack) -> AsyncIterator[None]:
 
 @contextlib.contextmanager
 def sessions_begun() -> Iterator[set[int]]:
-    """Every ORM session that began a transaction meanwhile (by identity)."""
+    """Every ORM session a request began a transaction in meanwhile (by identity).
+
+    The app's own background tasks (``byteor-*``: the job worker a request may wake, the
+    heartbeat flush, the key-cache sweep) run on their own sessions and are not counted.
+    """
     begun: set[int] = set()
 
     def after_begin(session: Session, *_: Any) -> None:
-        begun.add(id(session))
+        task = asyncio.current_task()
+        if task is None or not task.get_name().startswith("byteor-"):
+            begun.add(id(session))
 
     event.listen(Session, "after_begin", after_begin)
     try:
