@@ -533,3 +533,28 @@ async def test_requests_that_find_expired_keys_during_a_refresh_wait_for_it(
         assert [answer.status_code for answer in answers] == [200] * 4
         assert reads == ["sweep"]
         assert cache.refreshes == 1
+
+
+async def test_a_sweep_renews_the_valid_entries_it_read_and_leaves_replaced_ones(
+    tmp_path: Path,
+) -> None:
+    """A sweep makes valid entries fresh from the moment its read began, drops revoked ones,
+    counts what it dropped, and never touches an entry put anew while it read."""
+    async with sqlite_stack(tmp_path, agent_key_cache_seconds=5) as stack:
+        agents = await _agents_with_expired_keys(stack, 3)
+        cache: AgentKeyCache = stack.app.state.agent_keys
+        await revoke_keys_directly(stack, agents[0]["agent_id"])
+        await revoke_keys_directly(stack, agents[1]["agent_id"])
+        digests = [digest_token(agent["api_key"]) for agent in agents]
+        assert all(cache.expired(digest) for digest in digests)
+        replaced = _Entry(cache._entries[digests[1]].principal, time.monotonic())
+        before = time.monotonic()
+        sweep = asyncio.ensure_future(cache.revalidate())
+        await asyncio.sleep(0)  # the sweep took its snapshot of the entries
+        cache._entries[digests[1]] = replaced  # validated again meanwhile, by a request
+        assert await sweep == 1  # agents[0]'s; agents[1]'s entry is not the one it read
+        assert digests[0] not in cache._entries
+        assert cache._entries[digests[1]] is replaced
+        renewed = cache._entries[digests[2]].validated_at
+        assert before <= renewed <= time.monotonic()
+        assert cache.get(digests[2]) is not None
