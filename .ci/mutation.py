@@ -89,6 +89,7 @@ GROUPS = (
             "tests/controlplane/agents/test_identity_key.py",
             "tests/controlplane/agents/test_runtime.py",
             "tests/controlplane/agents/test_hot_paths.py",
+            "tests/controlplane/agents/test_keycache.py",
             "tests/controlplane/auth/test_tokens.py",
         ),
     ),
