@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from controlplane.agents.keycache import AgentKeyCache
+from controlplane.agents.keycache import AGENT_KEYS, AgentKeyCache
 from controlplane.auth.principal import AgentPrincipal
 from controlplane.db import create_database
 
@@ -113,3 +113,18 @@ async def test_the_sweep_survives_a_failed_sweep_and_skips_an_empty_cache(
     swept = cache.sweeps
     await asyncio.sleep(0.25)
     assert cache.sweeps == swept  # stopped for good
+
+
+async def test_a_local_key_change_clears_the_cache_once() -> None:
+    """A change made in this process (a key rotated, an agent deleted) drops every entry at
+    once; entries put after it are served again."""
+    cache = _cache()
+    cache.put("d1", _principal(1), time.monotonic())
+    cache.database.changes.bump(AGENT_KEYS)
+    assert cache.get("d1") is None
+    assert len(cache) == 0
+    cache.put("d2", _principal(2), time.monotonic())
+    assert cache.get("d2") == _principal(2)
+    assert cache.get("d2") == _principal(2)
+    cache.database.changes.bump("fleet")  # another topic: kept
+    assert cache.get("d2") == _principal(2)
