@@ -197,28 +197,29 @@ class AgentSignals:
     def settle(self, waiter: Waiter, sequence: int, view: EnvironmentView) -> None:
         """A full decision, taken after ``view`` was read, answered ``sequence`` (0: nothing),
         and that answer holds until the agent acts or the view changes (``Served.stable``)."""
-        if self._may_remember(waiter):
-            waiting = view.waiting.get(waiter.agent_id)
-            self._remember(
-                waiter.agent_id, _Settled(sequence, waiting, view.desired_digest, view.moving, 0)
-            )
+        waiting = view.waiting.get(waiter.agent_id)
+        self._remember(waiter, sequence, waiting, view.desired_digest, view.moving)
 
     def settle_delivered(self, waiter: Waiter, sequence: int) -> None:
         """The manifest ``sequence`` issued here was handed to the agent's poll."""
-        if self._may_remember(waiter):
-            self._remember(waiter.agent_id, _Settled(sequence, sequence, None, None, 0))
+        self._remember(waiter, sequence, sequence, None, None)
 
-    def _may_remember(self, waiter: Waiter) -> bool:
-        # A report meanwhile, or a manifest issued meanwhile (the poll is woken: it looks again).
-        return self.settled_seconds > 0 and not waiter.acted and not waiter.event.is_set()
-
-    def _remember(self, agent_id: str, settled: _Settled) -> None:
+    def _remember(
+        self,
+        waiter: Waiter,
+        sequence: int,
+        waiting: int | None,
+        desired: str | None,
+        moving: frozenset[str] | None,
+    ) -> None:
+        # Not after a report meanwhile, nor a manifest issued meanwhile (the poll is woken and
+        # looks again).
+        if self.settled_seconds <= 0 or waiter.acted or waiter.event.is_set():
+            return
         if len(self._settled) >= _MAX_SETTLED:
             self._settled.clear()
         expires = time.monotonic() + self.settled_seconds
-        self._settled[agent_id] = _Settled(
-            settled.sequence, settled.waiting, settled.desired, settled.moving, expires
-        )
+        self._settled[waiter.agent_id] = _Settled(sequence, waiting, desired, moving, expires)
 
     def settled(self, agent_id: str, sequence: int, view: EnvironmentView) -> bool:
         """Whether a recent answer for ``agent_id`` was ``sequence`` and still holds in ``view``."""
