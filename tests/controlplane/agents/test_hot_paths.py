@@ -68,11 +68,13 @@ def sessions_begun() -> Iterator[set[int]]:
     heartbeat flush, the key-cache sweep) run on their own sessions and are not counted.
     """
     begun: set[int] = set()
+    kept: list[Session] = []  # alive until the block ends, so no id is reused by a later one
 
     def after_begin(session: Session, *_: Any) -> None:
         task = asyncio.current_task()
         if task is None or not task.get_name().startswith("byteor-"):
             begun.add(id(session))
+            kept.append(session)
 
     event.listen(Session, "after_begin", after_begin)
     try:
