@@ -64,7 +64,12 @@ class ManifestPayload(Message):
 
 
 class AgentDeployment(Message):
-    """``GET /api/v1/agents/{id}/deployment``: the newest manifest for this agent, if any."""
+    """``GET /api/v1/agents/{id}/deployment``: the newest manifest for this agent, if any.
+
+    ``sequence`` is the manifest's; with ``manifest`` null (nothing to apply) it is the newest
+    manifest the agent was issued, already applied or withdrawn (0: none). The ``ETag`` is
+    ``"seq-<sequence>"`` either way, so an agent that applied a manifest keeps its ETag.
+    """
 
     manifest: Envelope | None = None
     sequence: int = 0

@@ -221,7 +221,13 @@ async def _decide(
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What the deployment check answers: the manifest's sequence and envelope (or none)."""
+    """What the deployment check answers: the manifest's sequence and envelope (or none).
+
+    With nothing to apply, ``sequence`` names the newest manifest the agent was issued (0: none),
+    so the answer's ETag stays the one the agent holds once it applied that manifest: its next
+    poll waits instead of fetching a "nothing" that tells it nothing new (a rollout of 10,000
+    hosts saves as many decisions and round trips).
+    """
 
     sequence: int = 0
     manifest: Any = None
@@ -245,7 +251,7 @@ class Served:
         newest: int = -1,
     ) -> Served:
         if target is None:
-            return cls(stable=stable, newest=newest)
+            return cls(max(newest, 0), stable=stable, newest=newest)
         issued_to = (target.agent_id,) if issued else ()
         return cls(target.sequence, target.manifest, issued_to, stable, newest)
 

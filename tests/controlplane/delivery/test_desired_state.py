@@ -87,9 +87,10 @@ async def test_an_agent_that_failed_is_retried_with_backoff_never_in_a_loop(stac
     assert (
         await world.report(late, first, "failed", "activation_failed: exit 1")
     ).status_code == 204
-    # Within the pause, asking again gives nothing to apply, never a fresh manifest.
+    # Within the pause, asking again gives nothing to apply, never a fresh manifest: the answer
+    # names the newest manifest the agent was issued, the one it failed.
     for _ in range(5):
-        assert await _deployment_get(world, late) == {"manifest": None, "sequence": 0}
+        assert await _deployment_get(world, late) == {"manifest": None, "sequence": first.sequence}
     await _age_targets(stack, late["agent_id"], stack.settings.convergence_retry_seconds + 1)
     second = await world.manifest(late)
     assert second.sequence == first.sequence + 1

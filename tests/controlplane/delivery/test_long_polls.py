@@ -250,8 +250,9 @@ async def test_a_poll_woken_by_its_own_release_going_live_remembers_the_agent_se
     stack: Stack,
 ) -> None:
     """When a rollout finishes, every waiting poll of the environment wakes (a new desired
-    bundle) and decides. An agent that runs it is settled; its next poll must not decide again
-    (10,000 decisions at once, at the end of every rollout)."""
+    bundle) and decides. An agent that runs it is settled: its poll goes on waiting (nothing
+    new: its ETag still names the manifest it applied), and its next poll must not decide
+    again (10,000 decisions at once, at the end of every rollout)."""
     world = await make_world(stack, agents=1)
     (agent,) = world.agents
     url = f"/api/v1/agents/{agent['agent_id']}/deployment"
@@ -262,25 +263,29 @@ async def test_a_poll_woken_by_its_own_release_going_live_remembers_the_agent_se
     assert (await world.report(agent, manifest, "activating")).status_code == 204
     waiting = asyncio.create_task(
         stack.call(
-            "GET", url, headers=agent_headers(agent) | {"If-None-Match": held}, params={"wait": 10}
+            "GET", url, headers=agent_headers(agent) | {"If-None-Match": held}, params={"wait": 3}
         )
     )
     await asyncio.sleep(0.2)
     assert (await world.report(agent, manifest, "active")).status_code == 204
     await world.heartbeat(agent, manifest.bundle_digest)
     await world.wait_status(created["id"], "active")
-    woke = await asyncio.wait_for(waiting, timeout=10)
-    assert woke.status_code == 200, woke.text
     signals: AgentSignals = stack.app.state.agent_signals
-    view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
+    deadline = time.monotonic() + 5
+    while True:  # the waiting poll wakes on the new desired bundle, decides and remembers
+        view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
+        if signals.settled(agent["agent_id"], manifest.sequence, view):
+            break
+        assert time.monotonic() < deadline, "the woken poll never remembered its answer"
+        await asyncio.sleep(0.05)
     assert view.desired_digest == manifest.bundle_digest
-    assert signals.settled(agent["agent_id"], 0, view)
+    assert not waiting.done()  # nothing new for the agent: it goes on waiting
     with _count_statements(stack) as statements:
-        again = await stack.call(
-            "GET", url, headers=agent_headers(agent) | {"If-None-Match": woke.headers["etag"]}
-        )
+        again = await stack.call("GET", url, headers=agent_headers(agent) | {"If-None-Match": held})
     assert again.status_code == 304
     assert not [s for s in statements.texts if "deployment_targets" in s], statements.texts
+    woke = await asyncio.wait_for(waiting, timeout=15)
+    assert (woke.status_code, woke.headers["etag"]) == (304, held)
 
 
 def _targets_read(statements: _Statements) -> list[str]:
@@ -322,12 +327,17 @@ async def test_during_a_rollout_polls_of_agents_holding_or_running_the_release_w
     assert again.status_code == 304
     assert _targets_read(statements)
     assert (await world.report(agent, manifest, "active")).status_code == 204
+    # Nothing more to apply, and nothing new to say: the ETag it holds still names the newest.
     done = await stack.call("GET", url, headers=headers | {"If-None-Match": held})
-    assert done.status_code == 200
-    assert done.json() == {"manifest": None, "sequence": 0}  # nothing more to apply
+    assert done.status_code == 304
+    assert done.headers["etag"] == held
+    fresh = await stack.call("GET", url, headers=headers)  # a restarted agent holds no ETag
+    assert fresh.status_code == 200
+    assert fresh.json() == {"manifest": None, "sequence": manifest.sequence}
+    assert fresh.headers["etag"] == held
 
     with _count_statements(stack) as statements:
-        waits = await stack.call("GET", url, headers=headers | {"If-None-Match": '"seq-0"'})
+        waits = await stack.call("GET", url, headers=headers | {"If-None-Match": held})
     assert waits.status_code == 304
     assert not _targets_read(statements), statements.texts
     assert (await world.detail(created["id"]))["status"] == "deploying"
