@@ -86,8 +86,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
         signal.signal(signum, lambda *_: None)
     if workers <= 1:
         from controlplane.app import create_app
+        from controlplane.observability.collector import tune_collector
 
-        DrainingServer(uvicorn.Config(create_app(settings), **options)).run()
+        app = create_app(settings)
+        tune_collector(settings.gc_thresholds)
+        DrainingServer(uvicorn.Config(app, **options)).run()
     else:
         if settings.resolved_database_url.startswith("sqlite"):
             logger.warning(
@@ -123,11 +126,14 @@ def worker_app() -> Litestar:
     was, or its records would go to Python's last-resort handler (plain text, warnings only).
     """
     from controlplane.app import create_app
+    from controlplane.observability.collector import tune_collector
     from controlplane.settings import Settings
 
     settings = Settings()
     _configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_collector(settings.gc_thresholds)
+    return app
 
 
 async def _migrate(settings: Settings) -> str | None:
@@ -236,8 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings, args.host, args.port, args.workers)
     if args.command == "worker":
+        from controlplane.observability.collector import tune_collector
         from controlplane.worker import run_worker
 
+        tune_collector(settings.gc_thresholds)
         return asyncio.run(run_worker(settings))
     if args.command == "migrate":
         revision = asyncio.run(_migrate(settings))

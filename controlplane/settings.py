@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     agent_key_cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
         default=50_000, description="most agent keys kept in the in-memory cache (LRU)"
     )
+    gc_thresholds: Annotated[
+        tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+        | None,
+        NoDecode,
+    ] = Field(
+        default=(50_000, 20, 20),
+        description=(
+            "garbage-collector thresholds of a serve or worker process, as `gen0,gen1,gen2` "
+            "(Python's `gc.set_threshold`), or `python` for the interpreter's own (700,10,10). "
+            "A fleet's in-flight long polls hold over a million objects; with Python's "
+            "thresholds a full collection of them ran every few seconds under a rollout"
+        ),
+    )
     heartbeat_fast_lane: bool = Field(
         default=True,
         description=(
@@ -304,6 +317,19 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit such as 600/minute: {exc}") from None
         return value
+
+    @field_validator("gc_thresholds", mode="before")
+    @classmethod
+    def _parse_gc_thresholds(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() == "python":
+            return None
+        parts = [part.strip() for part in text.split(",")]
+        if len(parts) != 3 or not all(part.isdigit() for part in parts):
+            raise ValueError("expected three positive integers `gen0,gen1,gen2`, or `python`")
+        return tuple(int(part) for part in parts)
 
     @field_validator("rate_limit_storage")
     @classmethod
