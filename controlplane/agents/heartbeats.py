@@ -117,9 +117,12 @@ class HeartbeatBuffer:
         batch, self._pending = self._pending, {}
         self._flushing = batch
         try:
+            # In id order, the order every path that locks several agents takes: a rollout
+            # issuing manifests in another process while this batch locked the same rows in
+            # arrival order deadlocked on PostgreSQL (both retried, the rollout five times).
             rows = [
                 {"b_id": agent_id, "b_sequence": entry.heartbeat.sequence, **entry.columns()}
-                for agent_id, entry in batch.items()
+                for agent_id, entry in sorted(batch.items())
             ]
             async with self.database.sessionmaker() as session:
                 try:

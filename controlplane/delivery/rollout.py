@@ -211,8 +211,11 @@ async def issue_manifests(
         for a in approvals
     ]
     issued: dict[str, DeploymentTargetRow] = {}
-    for offset in range(0, len(agent_ids), _ISSUE_BATCH):
-        chunk = sorted(agent_ids[offset : offset + _ISSUE_BATCH])  # one lock order everywhere
+    # One lock order everywhere, across batches too: agents by id (the heartbeat writer locks
+    # its batch in the same order; on PostgreSQL two orders deadlock).
+    ordered = sorted(agent_ids)
+    for offset in range(0, len(ordered), _ISSUE_BATCH):
+        chunk = ordered[offset : offset + _ISSUE_BATCH]
         agents = list(
             await session.scalars(
                 select(AgentRow)
