@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.blobs.references import collect_garbage, digests_under
 from controlplane.db.models import ArtifactRow, ConfigBundleRow
 from tests.conftest import Stack, Tree
 from tests.controlplane.artifacts.kit import metadata, signing_agent, upload
@@ -68,3 +69,69 @@ async def test_deleting_a_project_removes_its_blobs(stack: Stack) -> None:
     assert (await stack.call("DELETE", tree.project_path, tree.owner)).status_code == 204
     assert [b.exists() for b in blobs] == [False, False]
     assert await stack.count(ArtifactRow, ArtifactRow.env_id == tree.env_id) == 0
+
+
+async def _telemetry(stack: Stack, tree: Tree, content: bytes) -> str:
+    agent = await signing_agent(stack, tree)
+    meta = metadata(agent, content, kind="telemetry")
+    assert (await upload(stack, agent, meta, content)).status_code == 201
+    return "sha256:" + meta.sha256
+
+
+async def test_the_blobs_under_a_project_or_environment_are_its_own_and_no_more(
+    stack: Stack,
+) -> None:
+    """What a delete considers removing: the blobs of the rows under what is deleted, not those
+    of a neighbouring project of the same organization, nor of another environment."""
+    mine = await stack.tree()
+    bundle = await built_bundle(stack, mine)
+    telemetry = await _telemetry(stack, mine, b"telemetry of " + mine.project_id.encode())
+    neighbour = await stack.ok(
+        "POST", f"/api/v1/orgs/{mine.org_id}/projects", mine.owner, json={"name": "neighbour"}
+    )
+    neighbour_env = await stack.ok(
+        "POST",
+        f"/api/v1/orgs/{mine.org_id}/projects/{neighbour['id']}/environments",
+        mine.owner,
+        json={"name": "production"},
+    )
+    theirs = Tree(mine.owner, mine.org_id, neighbour["id"], neighbour_env["id"])
+    their_bundle = await built_bundle(stack, theirs)
+    their_telemetry = await _telemetry(stack, theirs, b"telemetry of " + theirs.project_id.encode())
+
+    async with stack.database.sessionmaker() as session:
+        assert await digests_under(session, project_id=mine.project_id) == {
+            bundle["digest"],
+            telemetry,
+        }
+        assert await digests_under(session, env_id=theirs.env_id) == {
+            their_bundle["digest"],
+            their_telemetry,
+        }
+        assert await digests_under(session, project_id="prj_none") == set()
+
+
+async def test_collecting_garbage_counts_only_the_blobs_it_removed(stack: Stack) -> None:
+    tree = await stack.tree()
+    bundle = await built_bundle(stack, tree)
+    telemetry = await _telemetry(stack, tree, b"telemetry " + tree.env_id.encode())
+    orphan = "sha256:" + "0" * 64  # referenced by no row, and held by no file
+    blobs = stack.app.state.blobs
+    async with stack.database.sessionmaker() as session:
+        # Both still referenced: nothing goes.
+        assert await collect_garbage(session, blobs, {bundle["digest"], telemetry, orphan}) == 0
+        assert await collect_garbage(session, blobs, set()) == 0
+    assert blob_path(stack, bundle["digest"]).exists()
+    assert blob_path(stack, telemetry).exists()
+
+    # Two blobs no row references (left by a crash, say) and one still referenced: two go.
+    stray = [blobs.put_bytes(b"stray %d" % n)[0] for n in range(2)]
+    async with stack.database.sessionmaker() as session:
+        assert await collect_garbage(session, blobs, {*stray, bundle["digest"], orphan}) == 2
+    assert [blobs.exists(d) for d in stray] == [False, False]
+    assert blob_path(stack, bundle["digest"]).exists()
+
+    assert (await stack.call("DELETE", tree.env_path, tree.owner)).status_code == 204
+    assert not blob_path(stack, bundle["digest"]).exists()  # the delete collected them
+    async with stack.database.sessionmaker() as session:
+        assert await collect_garbage(session, blobs, {bundle["digest"], telemetry}) == 0
