@@ -91,6 +91,7 @@ GROUPS = (
             "tests/controlplane/agents/test_hot_paths.py",
             "tests/controlplane/agents/test_keycache.py",
             "tests/controlplane/auth/test_tokens.py",
+            "tests/controlplane/auth/test_secrets.py",
         ),
     ),
     Group(
