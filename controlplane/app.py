@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from controlplane.bundles.service import BUILD_JOB, build_bundle
 from controlplane.db import database_for
 from controlplane.db.migrate import head_revision, upgrade
 from controlplane.delivery.agent_routes import AgentDeliveryController
-from controlplane.delivery.convergence import delivery_state
+from controlplane.delivery.convergence import delivery_state, read_waiting_manifests
 from controlplane.delivery.deadlines import (
     LEGACY_EXPIRY_JOB,
     enforce_deadline,
@@ -115,7 +116,11 @@ def _lifespan(settings: Settings) -> Any:
         # The agents domain asks delivery which agents a manifest waits for, without importing it.
         fleet = FleetView(database, settings.fleet_view_ttl_seconds, delivery_state)
         app.state.fleet = fleet
-        signals = AgentSignals(fleet, interval=settings.fleet_view_ttl_seconds)
+        signals = AgentSignals(
+            fleet,
+            interval=settings.fleet_view_ttl_seconds,
+            manifests=functools.partial(read_waiting_manifests, database),
+        )
         app.state.agent_signals = signals
         agent_keys = AgentKeyCache(
             database, settings.agent_key_cache_seconds, settings.agent_key_cache_size

@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from controlplane.db.engine import AGENT_KEYS
 from controlplane.db.models import AgentKeyRow
+from controlplane.db.values import one_of
 
 if TYPE_CHECKING:
     from controlplane.auth.principal import AgentPrincipal
@@ -144,7 +145,7 @@ class AgentKeyCache:
                 valid.update(
                     await session.scalars(
                         select(AgentKeyRow.id).where(
-                            AgentKeyRow.id.in_(key_ids),
+                            one_of(session, AgentKeyRow.id, key_ids),
                             AgentKeyRow.state == "active",
                             AgentKeyRow.revoked_at.is_(None),
                         )

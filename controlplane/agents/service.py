@@ -12,6 +12,7 @@ from controlplane.agents.keys import pending_key_secret, rotate_agent_key
 from controlplane.db.engine import AGENT_KEYS, FLEET, mark_changed
 from controlplane.db.models import AgentRow
 from controlplane.db.types import utcnow
+from controlplane.db.values import one_of
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.jobs.kinds import RECONCILE_ENVIRONMENT
 from controlplane.pagination import fetch_page
@@ -97,7 +98,7 @@ async def online_agent_ids(
     """The environment's agents that are ``online`` now (sorted), optionally only ``among``."""
     statement = select(AgentRow).where(AgentRow.env_id == env_id)
     if among is not None:
-        statement = statement.where(AgentRow.id.in_(among))
+        statement = statement.where(one_of(session, AgentRow.id, among))
     now = utcnow()
     online = [
         row.id

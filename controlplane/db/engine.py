@@ -14,6 +14,16 @@ Readers then never find the pool taken by writers that wait for the lock. (Write
 processes, a worker or the CLI, still meet on the lock: this process waits for it up to 30 s,
 in asyncio, see :mod:`controlplane.db.inline`.)
 
+On PostgreSQL, readers run in autocommit: a read sends its statements and nothing else, no
+``BEGIN`` and no ``ROLLBACK`` (two round trips, each a turn of a busy event loop while the
+connection stays checked out). Under PostgreSQL's ``READ COMMITTED`` every statement sees its own
+snapshot either way, and a read takes no lock a transaction would have to keep; a locking read
+(``FOR UPDATE``/``FOR SHARE``) is refused in a read transaction like a write. Connections are
+pinged before use only when they sat idle in the pool for ``PING_IDLE_SECONDS`` (a restarted server
+or a dropped idle connection), not on every checkout: a connection returned a moment ago is alive,
+and if it died since, the request fails as "database unavailable" (503, ``Retry-After``) and the
+pool replaces it.
+
 A reader session that must write (rarely: the first use of a rotated agent key, a manifest issued
 on a deployment check) calls :func:`begin_write` at the start of a fresh transaction; on SQLite it
 moves to the writers' engine for that transaction. A write
@@ -26,9 +36,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -82,6 +93,14 @@ _READ_VERBS = frozenset(
         "SET",
     }
 )
+
+
+#: A pooled PostgreSQL connection idle for longer than this is pinged before a request uses it.
+PING_IDLE_SECONDS: Final = 5.0
+#: Where a connection record keeps when it was last returned to the pool.
+_RETURNED_AT = "byteor_returned_at"
+#: Locking reads: in an autocommit read the lock would end with the statement.
+_LOCKING_READ = (" FOR UPDATE", " FOR NO KEY UPDATE", " FOR SHARE", " FOR KEY SHARE")
 
 
 class ReadOnlyTransaction(RuntimeError):
@@ -199,6 +218,37 @@ def _guard_reads(engine: AsyncEngine) -> None:
             raise ReadOnlyTransaction(
                 f"{verb} in a read transaction: call begin_write(session) before writing"
             )
+        if "FOR " in statement and any(lock in statement for lock in _LOCKING_READ):
+            raise ReadOnlyTransaction(
+                "a locking read in a read transaction: call begin_write(session) before locking"
+            )
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use when it was idle for ``PING_IDLE_SECONDS``.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip per request.
+    A failed ping of an idle connection raises ``DisconnectionError``, on which the pool
+    discards the connection and checks out (or opens) another.
+    """
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or monotonic() - returned_at < PING_IDLE_SECONDS:
+            return  # opened just now, or in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise exc.DisconnectionError(f"idle connection lost: {error}") from error
+            raise
 
 
 async def _begin(session: AsyncSession, *, read_only: bool) -> None:
@@ -276,6 +326,7 @@ def create_database(
     parameters are kept out of error messages (they may hold token digests).
     """
     parsed = make_url(url)
+    autocommit = False  # whether reads run in autocommit (PostgreSQL)
     kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     read_engine: AsyncEngine | None = None
@@ -322,29 +373,34 @@ def create_database(
             engine = create_async_engine(url, **kwargs)  # one private database: one engine
             _tune_sqlite(engine, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     else:
-        engine = create_async_engine(url, pool_pre_ping=True, **kwargs, **pool)
+        engine = create_async_engine(url, **kwargs, **pool)
         sweep_engine = create_async_engine(
             url,
-            pool_pre_ping=True,
             **kwargs,
             pool_size=1,
             max_overflow=0,
             pool_timeout=pool_timeout,
         )
+        _ping_when_idle(engine)
+        _ping_when_idle(sweep_engine)
+        autocommit = True
     _guard_reads(engine)
+    read_options: dict[str, Any] = {READ_ONLY: True}
+    if autocommit:
+        read_options["isolation_level"] = "AUTOCOMMIT"
     sweepers: async_sessionmaker[AsyncSession] | None = None
     if sweep_engine is not None:
         _guard_reads(sweep_engine)
         sweepers = async_sessionmaker(
-            sweep_engine.execution_options(**{READ_ONLY: True}),
+            sweep_engine.execution_options(**read_options),
             expire_on_commit=False,
             autoflush=False,
         )
     changes = ChangeFeed()
     writer_info: dict[str, Any] = {"changes": changes}
     reader_info: dict[str, Any] = {"changes": changes}
-    reading = (read_engine or engine).execution_options(**{READ_ONLY: True})
-    if read_engine is not None:
+    reading = (read_engine or engine).execution_options(**read_options)
+    if read_engine is not None or autocommit:
         writer_info.update({_READ_BIND: reading.sync_engine, _HOME_BIND: engine.sync_engine})
         reader_info.update({_WRITE_BIND: engine.sync_engine, _HOME_BIND: reading.sync_engine})
     return Database(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import exists, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import aliased, undefer
 
 from controlplane.agents.fleetview import EnvironmentDelivery
@@ -34,15 +34,18 @@ from controlplane.agents.service import observed_bundle
 from controlplane.db.engine import begin_write
 from controlplane.db.models import AgentRow, ConfigBundleRow, DeploymentRow, DeploymentTargetRow
 from controlplane.db.types import utcnow
+from controlplane.db.values import one_of
 from controlplane.delivery.rollout import issue_manifest
 from controlplane.delivery.states import DeploymentStatus, TargetPhase, TargetStatus
 from controlplane.environments.service import desired_state
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from controlplane.db.engine import Database
     from controlplane.delivery.rollout import Delivery
     from controlplane.environments.service import DesiredState
     from controlplane.settings import Settings
@@ -53,8 +56,13 @@ __all__ = [
     "latest_sequence",
     "latest_target",
     "manifest_for",
+    "read_waiting_manifests",
     "retry_delay",
+    "waiting_manifests",
 ]
+
+#: Agents per statement when long polls fetch the manifests their environment's view shows.
+_PREFETCH_BATCH = 2_000
 
 
 class _Plan(enum.Enum):
@@ -84,6 +92,65 @@ async def latest_sequence(session: AsyncSession, agent_id: str) -> int:
         .limit(1)
     )
     return int(sequence or 0)
+
+
+async def waiting_manifests(
+    session: AsyncSession, wanted: Mapping[str, int]
+) -> dict[str, tuple[int, Any]]:
+    """The manifests waiting for these agents that a deployment check would serve unchanged.
+
+    ``wanted`` maps an agent to the sequence the environment's view shows waiting for it. An
+    agent is in the answer, as ``(sequence, envelope)``, only if that manifest is still its
+    newest, still ``issued``, and its deployment still owns the agent (``deploying``; or
+    ``rolling_back`` for a rollback manifest): exactly when :func:`manifest_for` serves the
+    newest manifest as it is. Anything else (a newer manifest, a report meanwhile, a cancelled
+    or finished deployment) is left to a full decision. A few statements for thousands of
+    agents, where a decision each costs several (see ``AgentSignals``).
+    """
+    newer = aliased(DeploymentTargetRow)
+    found: dict[str, tuple[int, Any]] = {}
+    agent_ids = sorted(wanted)
+    for offset in range(0, len(agent_ids), _PREFETCH_BATCH):
+        rows = await session.execute(
+            select(
+                DeploymentTargetRow.agent_id,
+                DeploymentTargetRow.sequence,
+                DeploymentTargetRow.manifest,
+            )
+            .join(DeploymentRow, DeploymentRow.id == DeploymentTargetRow.deployment_id)
+            .where(
+                one_of(
+                    session,
+                    DeploymentTargetRow.agent_id,
+                    agent_ids[offset : offset + _PREFETCH_BATCH],
+                ),
+                DeploymentTargetRow.status == TargetStatus.ISSUED,
+                or_(
+                    DeploymentRow.status == DeploymentStatus.DEPLOYING,
+                    and_(
+                        DeploymentRow.status == DeploymentStatus.ROLLING_BACK,
+                        DeploymentTargetRow.phase == TargetPhase.ROLLBACK,
+                    ),
+                ),
+                ~exists().where(
+                    newer.agent_id == DeploymentTargetRow.agent_id,
+                    newer.sequence > DeploymentTargetRow.sequence,
+                ),
+            )
+        )
+        for agent_id, sequence, manifest in rows:
+            if wanted.get(agent_id) == sequence:
+                found[agent_id] = (int(sequence), manifest)
+    await session.rollback()
+    return found
+
+
+async def read_waiting_manifests(
+    database: Database, wanted: Mapping[str, int]
+) -> dict[str, tuple[int, Any]]:
+    """:func:`waiting_manifests` in a read session of its own."""
+    async with database.readers() as session:
+        return await waiting_manifests(session, wanted)
 
 
 def retry_delay(settings: Settings, attempts: int) -> timedelta:

@@ -31,6 +31,7 @@ from controlplane.db.models import (
     PipelineVersionRow,
 )
 from controlplane.db.types import utcnow
+from controlplane.db.values import one_of
 from controlplane.delivery.lifecycle import move_target, transition
 from controlplane.delivery.states import (
     UNFINISHED_TARGET,
@@ -219,7 +220,7 @@ async def issue_manifests(
         agents = list(
             await session.scalars(
                 select(AgentRow)
-                .where(AgentRow.id.in_(chunk))
+                .where(one_of(session, AgentRow.id, chunk))
                 .order_by(AgentRow.id)
                 .with_for_update()
             )
@@ -229,7 +230,7 @@ async def issue_manifests(
             for target in await session.scalars(
                 select(DeploymentTargetRow).where(
                     DeploymentTargetRow.deployment_id == deployment.id,
-                    DeploymentTargetRow.agent_id.in_([a.id for a in agents]),
+                    one_of(session, DeploymentTargetRow.agent_id, [a.id for a in agents]),
                     DeploymentTargetRow.phase == phase,
                 )
             )
@@ -291,7 +292,7 @@ async def _take_over(
             select(DeploymentTargetRow)
             .join(DeploymentRow, DeploymentRow.id == DeploymentTargetRow.deployment_id)
             .where(
-                DeploymentTargetRow.agent_id.in_(agent_ids),
+                one_of(session, DeploymentTargetRow.agent_id, agent_ids),
                 DeploymentTargetRow.deployment_id != deployment.id,
                 DeploymentTargetRow.phase == TargetPhase.DEPLOY,
                 DeploymentTargetRow.status.in_(list(UNFINISHED_TARGET)),
@@ -700,7 +701,11 @@ async def record_reports(
         select(DeploymentTargetRow)
         .where(
             DeploymentTargetRow.deployment_id.in_(deployment_ids),
-            DeploymentTargetRow.agent_id.in_(sorted({agent_id for agent_id, _ in reports})),
+            one_of(
+                session,
+                DeploymentTargetRow.agent_id,
+                sorted({agent_id for agent_id, _ in reports}),
+            ),
         )
         .order_by(DeploymentTargetRow.deployment_id, DeploymentTargetRow.agent_id)
         .with_for_update()

@@ -17,6 +17,7 @@ from controlplane.db.models import (
     EnvironmentRow,
 )
 from controlplane.db.types import utcnow
+from controlplane.db.values import one_of
 from controlplane.delivery.approvals import approval_deadline, close_pending, open_approvals
 from controlplane.delivery.lifecycle import record_creation, transition
 from controlplane.delivery.rollout import ROLLOUT_JOB, Delivery, locked_deployment, start_rollback
@@ -100,7 +101,9 @@ async def _requested_agents(
         wanted = list(dict.fromkeys(requested))
         found = set(
             await session.scalars(
-                select(AgentRow.id).where(AgentRow.env_id == env_id, AgentRow.id.in_(wanted))
+                select(AgentRow.id).where(
+                    AgentRow.env_id == env_id, one_of(session, AgentRow.id, wanted)
+                )
             )
         )
         missing = [a for a in wanted if a not in found]

@@ -8,6 +8,13 @@ A deployment check that finds nothing new for its agent waits here until one of:
   per environment per ``interval``, in any process) shows a manifest waiting for the agent that
   is newer than the one it holds, or a new desired bundle.
 
+When the view shows manifests waiting that were issued elsewhere (another process's rollout),
+the watcher reads them for all its woken polls at once (``manifests``, a few statements for
+thousands of agents) and hands each poll its own, as a manifest issued here is: the poll
+answers without a decision of its own (several statements each). What the batched read does
+not find as it is (see :func:`~controlplane.delivery.convergence.waiting_manifests`), the poll
+decides in full.
+
 One watcher task per environment with waiting polls does the second, so a waiting poll costs
 nothing until it is woken: no timer per poll per second. Polls register before they take their
 decision, so a manifest issued meanwhile is never missed.
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
     from controlplane.agents.fleetview import EnvironmentView, FleetView
 
@@ -105,9 +112,17 @@ class AgentSignals:
     """Wakes this process's long polls; remembers settled agents. See the module docstring."""
 
     def __init__(
-        self, fleet: FleetView | None = None, interval: float = 1.0, settled_seconds: float = 60.0
+        self,
+        fleet: FleetView | None = None,
+        interval: float = 1.0,
+        settled_seconds: float = 60.0,
+        manifests: Callable[[Mapping[str, int]], Awaitable[Mapping[str, tuple[int, Any]]]]
+        | None = None,
     ) -> None:
+        """``manifests`` reads the manifests a view shows waiting (agent id -> sequence) and
+        answers ``{agent_id: (sequence, envelope)}`` for the ones polls may answer with."""
         self.fleet = fleet
+        self.manifests = manifests
         self.interval = max(0.05, interval)
         self.settled_seconds = settled_seconds
         self._waiters: dict[str, set[Waiter]] = {}
@@ -184,13 +199,46 @@ class AgentSignals:
                 or view.desired_digest != last.desired_digest
                 or view.waiting != last.waiting
             )
-            for waiter in list(env.waiters if changed else env.fresh):
-                if waiter.stale_in(view):
-                    waiter.event.set()
+            stale = [w for w in (env.waiters if changed else env.fresh) if w.stale_in(view)]
             env.fresh.clear()
             last = view
+            if stale and self.manifests is not None:
+                await self._hand_over(env, stale, view)
+            for waiter in stale:
+                waiter.event.set()
         if self._environments.get(env.env_id) is env:
             del self._environments[env.env_id]
+
+    async def _hand_over(
+        self, env: _Environment, stale: list[Waiter], view: EnvironmentView
+    ) -> None:
+        """Give woken polls the manifests ``view`` shows waiting for them, read in one go."""
+        assert self.manifests is not None  # noqa: S101 - only called with a reader
+        wanted: dict[str, int] = {}
+        for waiter in stale:
+            sequence = view.waiting.get(waiter.agent_id)
+            if sequence is None or sequence <= waiter.sequence:
+                continue
+            if waiter.delivered is not None and waiter.delivered[0] >= sequence:
+                continue  # issued here: handed over already
+            wanted[waiter.agent_id] = sequence
+        if not wanted:
+            return
+        try:
+            found = await self.manifests(wanted)
+        except Exception:  # noqa: BLE001 - the polls decide in full instead
+            logger.warning(
+                "reading %d waiting manifest(s) of environment %s failed; the polls decide",
+                len(wanted),
+                env.env_id,
+            )
+            return
+        for waiter in stale:
+            manifest = found.get(waiter.agent_id)
+            if manifest is not None and (
+                waiter.delivered is None or waiter.delivered[0] < manifest[0]
+            ):
+                waiter.delivered = manifest
 
     # --- settled agents -----------------------------------------------------------------------
 

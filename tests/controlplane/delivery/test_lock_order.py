@@ -7,6 +7,7 @@ deployment never left ``building`` (10,000 agents, ``serve --workers 2``).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,15 @@ pytestmark = pytest.mark.anyio
 _AGENT_ID = re.compile(r"^agt_")
 
 
+def _agent_ids(value: object) -> list[str]:
+    """The agent ids in one bound value: an id, or a list of them (``one_of``: an array on
+    PostgreSQL, a JSON array on SQLite)."""
+    if isinstance(value, str) and value.startswith("["):
+        value = json.loads(value)
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, str) and _AGENT_ID.match(v)]
+
+
 class _AgentParameters:
     """Agent ids in the parameters of each statement matching ``pattern``, in order."""
 
@@ -45,8 +55,8 @@ class _AgentParameters:
         rows = parameters if executemany else [parameters]
         found: list[str] = []
         for row in rows:
-            values = row.values() if isinstance(row, dict) else row
-            found.extend(v for v in values if isinstance(v, str) and _AGENT_ID.match(v))
+            for value in row.values() if isinstance(row, dict) else row:
+                found.extend(_agent_ids(value))
         self.ids.append(found)
 
     def __enter__(self) -> _AgentParameters:
@@ -92,7 +102,7 @@ async def test_a_rollout_locks_its_agents_in_id_order_across_batches(
         bundle = await session.get(ConfigBundleRow, deployment.config_bundle_id)
         assert bundle is not None
         with _AgentParameters(
-            stack, r"^\s*SELECT agents\.id\b.*FROM agents\s+WHERE agents\.id IN"
+            stack, r"^\s*SELECT agents\.id\b.*FROM agents\s+WHERE agents\.id (?:IN|= ANY)"
         ) as read:
             issued = await issue_manifests(
                 session,

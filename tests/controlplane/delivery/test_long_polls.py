@@ -13,7 +13,11 @@ import pytest
 from sqlalchemy import event
 
 from controlplane.agents.fleetview import EnvironmentView
+from controlplane.delivery import agent_routes
+from controlplane.delivery.convergence import manifest_for, read_waiting_manifests
 from controlplane.delivery.signals import AgentSignals
+from controlplane.settings import DeploymentMode
+from tests.conftest import running_stack
 from tests.controlplane.agents.helpers import agent_headers
 from tests.controlplane.delivery.world import make_world
 
@@ -380,3 +384,138 @@ async def test_a_deployment_check_reads_the_agent_manifests_once(stack: Stack) -
     # The agent's own manifests (the environment's shared view reads all of them, apart).
     reads = [s for s in statements.texts if "WHERE deployment_targets.agent_id =" in s]
     assert len(reads) == 1, reads
+
+
+@dataclass
+class _Manifests:
+    """Stands in for the batched read of the manifests a view shows waiting."""
+
+    stored: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    asked: list[dict[str, int]] = field(default_factory=list)
+    fail: bool = False
+
+    async def __call__(self, wanted: Mapping[str, int]) -> dict[str, tuple[int, Any]]:
+        self.asked.append(dict(wanted))
+        if self.fail:
+            raise ConnectionError("database unreachable")
+        return {a: m for a, m in self.stored.items() if wanted.get(a) == m[0]}
+
+
+async def test_polls_woken_by_the_view_get_their_manifests_from_one_read() -> None:
+    """Manifests another process issued reach every woken poll from one batched read."""
+    views = _Views()
+    manifests = _Manifests(stored={f"agt_{n}": (3, {"payload": f"p{n}"}) for n in range(4)})
+    signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
+    with contextlib.ExitStack() as polls:
+        waiters = []
+        for n in range(4):
+            waiter = polls.enter_context(signals.waiter(f"agt_{n}"))
+            waiter.sequence, waiter.desired = 1, "sha256:a"
+            polls.enter_context(signals.watching(waiter, "org_1", "env_1"))
+            waiters.append(waiter)
+        # agt_3 holds manifest 3 already: nothing new for it; agt_2's is newer than the view's.
+        waiters[3].sequence = 3
+        views.current = _view(waiting={"agt_0": 3, "agt_1": 3, "agt_2": 2, "agt_3": 3})
+        woken = await asyncio.gather(*(w.wait(1) for w in waiters[:3]))
+        assert woken == [True, True, True]
+        assert manifests.asked == [{"agt_0": 3, "agt_1": 3, "agt_2": 2}]
+        assert [w.delivered for w in waiters] == [
+            (3, {"payload": "p0"}),
+            (3, {"payload": "p1"}),
+            None,  # not what the view showed: that poll decides in full
+            None,
+        ]
+        assert not waiters[3].event.is_set()
+
+
+async def test_a_poll_handed_its_manifest_here_is_not_read_again() -> None:
+    views = _Views()
+    manifests = _Manifests(stored={"agt_1": (3, {"payload": "read"})})
+    signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
+    with signals.waiter("agt_1") as waiter:
+        waiter.sequence, waiter.desired = 1, "sha256:a"
+        with signals.watching(waiter, "org_1", "env_1"):
+            signals.deliver({"agt_1": (3, {"payload": "issued here"})})
+            waiter.event.clear()  # as if the poll had not looked yet
+            views.current = _view(waiting={"agt_1": 3})
+            assert await waiter.wait(1) is True
+    assert manifests.asked == []
+    assert waiter.delivered == (3, {"payload": "issued here"})
+
+
+async def test_a_failed_read_of_waiting_manifests_still_wakes_the_polls() -> None:
+    views = _Views()
+    manifests = _Manifests(fail=True)
+    signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
+    with signals.waiter("agt_1") as waiter:
+        waiter.sequence, waiter.desired = 1, "sha256:a"
+        with signals.watching(waiter, "org_1", "env_1"):
+            views.current = _view(waiting={"agt_1": 3})
+            assert await waiter.wait(1) is True
+    assert manifests.asked == [{"agt_1": 3}]
+    assert waiter.delivered is None  # the poll decides in full
+
+
+async def test_a_poll_in_another_process_answers_with_the_rollout_manifest_without_deciding(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API-only process (no job worker) shares the database with the one that rolls out:
+    its waiting poll gets the manifest from the batched read, not from a decision of its own."""
+    world = await make_world(stack, agents=2)
+    agent = world.agents[0]
+    settings = stack.settings.model_copy(
+        update={"deployment_mode": DeploymentMode.API, "fleet_view_ttl_seconds": 0.1}
+    )
+    decisions: list[str] = []
+    decide = manifest_for
+
+    async def counted(session: Any, delivery: Any, agent_id: str) -> Any:
+        decisions.append(agent_id)
+        return await decide(session, delivery, agent_id)
+
+    monkeypatch.setattr(agent_routes, "manifest_for", counted)
+    async with running_stack(settings, stack.backend) as other:
+        url = f"/api/v1/agents/{agent['agent_id']}/deployment?wait=20"
+        headers = agent_headers(agent) | {"If-None-Match": '"seq-0"'}
+        poll = asyncio.create_task(other.call("GET", url, headers=headers))
+        signals: AgentSignals = other.app.state.agent_signals
+        for _ in range(200):
+            if agent["agent_id"] in signals._waiters and decisions:
+                break
+            await asyncio.sleep(0.01)
+        assert decisions == [agent["agent_id"]]  # the poll's first decision: nothing to apply
+        created = (await world.deploy()).json()
+        answer = await asyncio.wait_for(poll, timeout=20)
+    assert answer.status_code == 200, answer.text
+    assert decisions == [agent["agent_id"]]  # woken with its manifest: no second decision
+    expected = await world.manifest(agent)  # (decided by the first process)
+    assert expected.deployment_id == created["id"]
+    assert answer.json()["sequence"] == expected.sequence
+    assert answer.json()["manifest"] is not None
+
+
+async def test_the_batched_read_finds_only_manifests_a_decision_would_serve_unchanged(
+    stack: Stack,
+) -> None:
+    world = await make_world(stack, agents=2)
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    first, second = world.agents
+    view = await stack.app.state.fleet.environment(first["org_id"], first["environment_id"])
+    wanted = {a["agent_id"]: view.waiting[a["agent_id"]] for a in world.agents}
+    found = await read_waiting_manifests(stack.database, wanted)
+    assert {a: s for a, (s, _) in found.items()} == wanted
+    assert found[first["agent_id"]][1]["payload"]  # the signed envelope itself
+    # Another sequence than the newest: left to a full decision.
+    stale = {first["agent_id"]: wanted[first["agent_id"]] - 1, "agt_unknown": 1}
+    assert await read_waiting_manifests(stack.database, stale) == {}
+    # The agent reported: its manifest no longer waits for it.
+    reported = await world.report(second, await world.manifest(second), "activating")
+    assert reported.status_code == 204, reported.text
+    found = await read_waiting_manifests(stack.database, wanted)
+    assert set(found) == {first["agent_id"]}
+    # A cancelled rollout owns nobody: nothing is served as it is.
+    path = f"{world.tree.env_path}/deployments/{created['id']}/cancel"
+    cancelled = await stack.call("POST", path, world.tree.owner)
+    assert cancelled.status_code == 202, cancelled.text
+    assert await read_waiting_manifests(stack.database, wanted) == {}
