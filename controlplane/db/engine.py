@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
@@ -96,11 +96,9 @@ _READ_VERBS = frozenset(
 
 
 #: A pooled PostgreSQL connection idle for longer than this is pinged before a request uses it.
-PING_IDLE_SECONDS: Final = 5.0
+PING_IDLE_SECONDS = 5.0
 #: Where a connection record keeps when it was last returned to the pool.
 _RETURNED_AT = "byteor_returned_at"
-#: Locking reads: in an autocommit read the lock would end with the statement.
-_LOCKING_READ = (" FOR UPDATE", " FOR NO KEY UPDATE", " FOR SHARE", " FOR KEY SHARE")
 
 
 class ReadOnlyTransaction(RuntimeError):
@@ -209,7 +207,7 @@ def _tune_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 def _guard_reads(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _before_execute(
-        connection: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+        connection: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool
     ) -> None:
         if not connection.get_execution_options().get(READ_ONLY):
             return
@@ -218,7 +216,11 @@ def _guard_reads(engine: AsyncEngine) -> None:
             raise ReadOnlyTransaction(
                 f"{verb} in a read transaction: call begin_write(session) before writing"
             )
-        if "FOR " in statement and any(lock in statement for lock in _LOCKING_READ):
+        # The statement's own lock clause, not its SQL: SQLite renders no FOR UPDATE, and the
+        # tests on SQLite must catch a locking read in a read session all the same.
+        compiled = getattr(context, "compiled", None)
+        construct = getattr(compiled, "statement", None)
+        if getattr(construct, "_for_update_arg", None) is not None:
             raise ReadOnlyTransaction(
                 "a locking read in a read transaction: call begin_write(session) before locking"
             )
@@ -228,8 +230,8 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     """Ping a pooled connection before use when it was idle for ``PING_IDLE_SECONDS``.
 
     SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip per request.
-    A failed ping of an idle connection raises ``DisconnectionError``, on which the pool
-    discards the connection and checks out (or opens) another.
+    A failed ping of an idle connection raises ``InvalidatePoolError``, on which the pool
+    discards every pooled connection (as ``pool_pre_ping`` does) and opens a fresh one.
     """
     sync_engine = engine.sync_engine
     dialect = sync_engine.dialect
@@ -247,7 +249,8 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as error:
             if dialect.is_disconnect(error, dbapi_connection, None):
-                raise exc.DisconnectionError(f"idle connection lost: {error}") from error
+                # As pool_pre_ping does: the server restarted, so every pooled connection is gone.
+                raise exc.InvalidatePoolError(f"idle connection lost: {error}") from error
             raise
 
 

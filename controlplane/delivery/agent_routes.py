@@ -101,8 +101,10 @@ class AgentDeliveryController(Controller):
                 waiter.event.clear()  # a wake-up from here on is a new one
                 delivered, waiter.delivered = waiter.delivered, None
                 if delivered is not None and delivered[0] > served.sequence:
-                    served = Served(*delivered)  # issued and committed here just now
-                    waiter.acted = False  # nothing was read: only a report from now on counts
+                    served = Served(*delivered)  # issued and committed just now
+                    if not waiter.read:  # issued here: only a report from now on counts
+                        waiter.acted = False
+                    waiter.read = False
                     signals.settle_delivered(waiter, served.sequence)
                     continue
                 view = await fleet.environment(agent.org_id, agent.env_id)

@@ -67,6 +67,9 @@ class Waiter:
     #: The agent reported since this poll began its decision (the poll clears it first): what
     #: it decided is not remembered (it may have read the state from before the report).
     acted: bool = False
+    #: ``delivered`` was read from the database by the view's watcher (not issued here): a
+    #: report meanwhile still counts, as for a decision.
+    read: bool = False
 
     def stale_in(self, view: EnvironmentView) -> bool:
         """Whether ``view`` shows something this poll has not seen."""
@@ -144,7 +147,7 @@ class AgentSignals:
             self._settled.pop(agent_id, None)
             for waiter in self._waiters.get(agent_id, ()):
                 if waiter.delivered is None or waiter.delivered[0] < manifest[0]:
-                    waiter.delivered = manifest
+                    waiter.delivered, waiter.read = manifest, False
                 waiter.event.set()
 
     @contextlib.contextmanager
@@ -203,7 +206,7 @@ class AgentSignals:
             env.fresh.clear()
             last = view
             if stale and self.manifests is not None:
-                await self._hand_over(env, stale, view)
+                stale = await self._hand_over(env, stale, view)
             for waiter in stale:
                 waiter.event.set()
         if self._environments.get(env.env_id) is env:
@@ -211,34 +214,44 @@ class AgentSignals:
 
     async def _hand_over(
         self, env: _Environment, stale: list[Waiter], view: EnvironmentView
-    ) -> None:
-        """Give woken polls the manifests ``view`` shows waiting for them, read in one go."""
+    ) -> list[Waiter]:
+        """Give woken polls the manifests ``view`` shows waiting for them, read in one go.
+
+        Polls with nothing to read (a new desired bundle) are woken first; the read is bounded
+        (``2 * interval``, at least 1 s), and on failure or timeout the polls decide in full.
+        Returns the polls still to wake.
+        """
         assert self.manifests is not None  # noqa: S101 - only called with a reader
         wanted: dict[str, int] = {}
+        reading: list[Waiter] = []
         for waiter in stale:
             sequence = view.waiting.get(waiter.agent_id)
-            if sequence is None or sequence <= waiter.sequence:
+            already = waiter.delivered is not None and waiter.delivered[0] >= (sequence or 0)
+            if sequence is None or sequence <= waiter.sequence or already:
+                waiter.event.set()  # issued here (handed over already), or nothing to read
                 continue
-            if waiter.delivered is not None and waiter.delivered[0] >= sequence:
-                continue  # issued here: handed over already
             wanted[waiter.agent_id] = sequence
+            reading.append(waiter)
         if not wanted:
-            return
+            return []
         try:
-            found = await self.manifests(wanted)
+            async with asyncio.timeout(max(1.0, 2 * self.interval)):
+                found = await self.manifests(wanted)
         except Exception:  # noqa: BLE001 - the polls decide in full instead
             logger.warning(
                 "reading %d waiting manifest(s) of environment %s failed; the polls decide",
                 len(wanted),
                 env.env_id,
             )
-            return
-        for waiter in stale:
+            return reading
+        for waiter in reading:
             manifest = found.get(waiter.agent_id)
             if manifest is not None and (
                 waiter.delivered is None or waiter.delivered[0] < manifest[0]
             ):
                 waiter.delivered = manifest
+                waiter.read = True
+        return reading
 
     # --- settled agents -----------------------------------------------------------------------
 

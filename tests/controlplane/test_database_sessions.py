@@ -88,13 +88,12 @@ async def test_one_of_matches_the_rows_named_and_sends_one_parameter(
     assert parameters.counts == [1]
 
 
-@pytest.mark.postgres
-async def test_a_locking_read_is_refused_in_a_read_transaction(tmp_path: Path) -> None:
+async def test_a_locking_read_is_refused_in_a_read_transaction(database: Database) -> None:
     """In an autocommit read the lock would end with the statement: it is refused, as a write.
 
-    (SQLite has no row locks: SQLAlchemy renders no ``FOR UPDATE`` there.)
+    Also on SQLite, which renders no ``FOR UPDATE``: the tests on the default backend catch it.
     """
-    async with seeded("postgresql", tmp_path) as database, database.readers() as session:
+    async with database.readers() as session:
         locking = select(OrganizationRow).where(OrganizationRow.id == "org_1").with_for_update()
         with pytest.raises(ReadOnlyTransaction, match="locking read"):
             await session.execute(locking)

@@ -514,8 +514,52 @@ async def test_the_batched_read_finds_only_manifests_a_decision_would_serve_unch
     assert reported.status_code == 204, reported.text
     found = await read_waiting_manifests(stack.database, wanted)
     assert set(found) == {first["agent_id"]}
-    # A cancelled rollout owns nobody: nothing is served as it is.
+    # A rollout being cancelled (rolling back) no longer serves its deploy manifests as they are.
     path = f"{world.tree.env_path}/deployments/{created['id']}/cancel"
     cancelled = await stack.call("POST", path, world.tree.owner)
     assert cancelled.status_code == 202, cancelled.text
     assert await read_waiting_manifests(stack.database, wanted) == {}
+
+
+async def test_a_slow_read_of_waiting_manifests_delays_only_the_polls_it_is_for() -> None:
+    """A poll woken by a new desired bundle does not wait for the batched read; the others wait
+    for it at most its bound, then decide in full."""
+    views = _Views()
+    release = asyncio.Event()
+
+    async def stuck(wanted: Mapping[str, int]) -> dict[str, tuple[int, Any]]:
+        await release.wait()
+        return {}
+
+    signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=stuck)
+    with contextlib.ExitStack() as polls:
+        waiters = []
+        for agent_id in ("agt_bundle", "agt_manifest"):
+            waiter = polls.enter_context(signals.waiter(agent_id))
+            waiter.sequence, waiter.desired = 1, "sha256:a"
+            polls.enter_context(signals.watching(waiter, "org_1", "env_1"))
+            waiters.append(waiter)
+        views.current = _view(desired="sha256:b", waiting={"agt_manifest": 2})
+        started = time.monotonic()
+        assert await waiters[0].wait(0.5) is True
+        assert time.monotonic() - started < 0.5
+        assert not waiters[1].event.is_set()  # still reading
+        assert await waiters[1].wait(3) is True  # the read's bound: max(1 s, 2 intervals)
+        assert waiters[1].delivered is None
+    release.set()
+
+
+async def test_a_manifest_read_for_a_poll_is_marked_as_read() -> None:
+    """A poll answering with a manifest the watcher read keeps a report made meanwhile in
+    mind (``read``); one issued here does not need to."""
+    views = _Views()
+    manifests = _Manifests(stored={"agt_1": (3, {"payload": "read"})})
+    signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
+    with signals.waiter("agt_1") as waiter:
+        waiter.sequence, waiter.desired = 1, "sha256:a"
+        with signals.watching(waiter, "org_1", "env_1"):
+            views.current = _view(waiting={"agt_1": 3})
+            assert await waiter.wait(1) is True
+            assert (waiter.delivered, waiter.read) == ((3, {"payload": "read"}), True)
+            signals.deliver({"agt_1": (4, {"payload": "issued here"})})
+            assert (waiter.delivered, waiter.read) == ((4, {"payload": "issued here"}), False)
