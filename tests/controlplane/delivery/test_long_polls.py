@@ -15,7 +15,7 @@ from sqlalchemy import event
 from controlplane.agents.fleetview import EnvironmentView
 from controlplane.delivery import agent_routes
 from controlplane.delivery.convergence import manifest_for, read_waiting_manifests
-from controlplane.delivery.signals import AgentSignals
+from controlplane.delivery.signals import AgentSignals, Waiter
 from controlplane.settings import DeploymentMode
 from tests.conftest import running_stack
 from tests.controlplane.agents.helpers import agent_headers
@@ -401,6 +401,15 @@ class _Manifests:
         return {a: m for a, m in self.stored.items() if wanted.get(a) == m[0]}
 
 
+@contextlib.contextmanager
+def _poll(signals: AgentSignals, agent_id: str, sequence: int = 1) -> Iterator[Waiter]:
+    """A poll of ``agent_id`` holding manifest ``sequence``, waiting on env_1's view."""
+    with signals.waiter(agent_id) as waiter:
+        waiter.sequence, waiter.desired = sequence, "sha256:a"
+        with signals.watching(waiter, "org_1", "env_1"):
+            yield waiter
+
+
 async def test_polls_woken_by_the_view_get_their_manifests_from_one_read() -> None:
     """Manifests another process issued reach every woken poll from one batched read."""
     views = _Views()
@@ -409,10 +418,7 @@ async def test_polls_woken_by_the_view_get_their_manifests_from_one_read() -> No
     with contextlib.ExitStack() as polls:
         waiters = []
         for n in range(4):
-            waiter = polls.enter_context(signals.waiter(f"agt_{n}"))
-            waiter.sequence, waiter.desired = 1, "sha256:a"
-            polls.enter_context(signals.watching(waiter, "org_1", "env_1"))
-            waiters.append(waiter)
+            waiters.append(polls.enter_context(_poll(signals, f"agt_{n}")))
         # agt_3 holds manifest 3 already: nothing new for it; agt_2's is newer than the view's.
         waiters[3].sequence = 3
         views.current = _view(waiting={"agt_0": 3, "agt_1": 3, "agt_2": 2, "agt_3": 3})
@@ -432,13 +438,11 @@ async def test_a_poll_handed_its_manifest_here_is_not_read_again() -> None:
     views = _Views()
     manifests = _Manifests(stored={"agt_1": (3, {"payload": "read"})})
     signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
-    with signals.waiter("agt_1") as waiter:
-        waiter.sequence, waiter.desired = 1, "sha256:a"
-        with signals.watching(waiter, "org_1", "env_1"):
-            signals.deliver({"agt_1": (3, {"payload": "issued here"})})
-            waiter.event.clear()  # as if the poll had not looked yet
-            views.current = _view(waiting={"agt_1": 3})
-            assert await waiter.wait(1) is True
+    with _poll(signals, "agt_1") as waiter:
+        signals.deliver({"agt_1": (3, {"payload": "issued here"})})
+        waiter.event.clear()  # as if the poll had not looked yet
+        views.current = _view(waiting={"agt_1": 3})
+        assert await waiter.wait(1) is True
     assert manifests.asked == []
     assert waiter.delivered == (3, {"payload": "issued here"})
 
@@ -447,11 +451,9 @@ async def test_a_failed_read_of_waiting_manifests_still_wakes_the_polls() -> Non
     views = _Views()
     manifests = _Manifests(fail=True)
     signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
-    with signals.waiter("agt_1") as waiter:
-        waiter.sequence, waiter.desired = 1, "sha256:a"
-        with signals.watching(waiter, "org_1", "env_1"):
-            views.current = _view(waiting={"agt_1": 3})
-            assert await waiter.wait(1) is True
+    with _poll(signals, "agt_1") as waiter:
+        views.current = _view(waiting={"agt_1": 3})
+        assert await waiter.wait(1) is True
     assert manifests.asked == [{"agt_1": 3}]
     assert waiter.delivered is None  # the poll decides in full
 
@@ -535,10 +537,7 @@ async def test_a_slow_read_of_waiting_manifests_delays_only_the_polls_it_is_for(
     with contextlib.ExitStack() as polls:
         waiters = []
         for agent_id in ("agt_bundle", "agt_manifest"):
-            waiter = polls.enter_context(signals.waiter(agent_id))
-            waiter.sequence, waiter.desired = 1, "sha256:a"
-            polls.enter_context(signals.watching(waiter, "org_1", "env_1"))
-            waiters.append(waiter)
+            waiters.append(polls.enter_context(_poll(signals, agent_id)))
         views.current = _view(desired="sha256:b", waiting={"agt_manifest": 2})
         started = time.monotonic()
         assert await waiters[0].wait(0.5) is True
@@ -555,11 +554,9 @@ async def test_a_manifest_read_for_a_poll_is_marked_as_read() -> None:
     views = _Views()
     manifests = _Manifests(stored={"agt_1": (3, {"payload": "read"})})
     signals = AgentSignals(cast("FleetView", views), interval=0.05, manifests=manifests)
-    with signals.waiter("agt_1") as waiter:
-        waiter.sequence, waiter.desired = 1, "sha256:a"
-        with signals.watching(waiter, "org_1", "env_1"):
-            views.current = _view(waiting={"agt_1": 3})
-            assert await waiter.wait(1) is True
-            assert (waiter.delivered, waiter.read) == ((3, {"payload": "read"}), True)
-            signals.deliver({"agt_1": (4, {"payload": "issued here"})})
-            assert (waiter.delivered, waiter.read) == ((4, {"payload": "issued here"}), False)
+    with _poll(signals, "agt_1") as waiter:
+        views.current = _view(waiting={"agt_1": 3})
+        assert await waiter.wait(1) is True
+        assert (waiter.delivered, waiter.read) == ((3, {"payload": "read"}), True)
+        signals.deliver({"agt_1": (4, {"payload": "issued here"})})
+        assert (waiter.delivered, waiter.read) == ((4, {"payload": "issued here"}), False)
