@@ -14,7 +14,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from controlplane.agents.fastlane import HeartbeatFastLane
+from controlplane.agents.fastlane import install as install_fast_lane
 from controlplane.agents.fleetview import FleetView
 from controlplane.agents.heartbeats import HeartbeatBuffer
 from controlplane.agents.keycache import AgentKeyCache
@@ -242,7 +242,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         middleware=[
             MetricsMiddleware,
-            HeartbeatFastLane,
             AddressThrottleMiddleware,
             auth,
             CredentialLimitMiddleware,
@@ -260,4 +259,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app.state.oidc = None
     app.state.metrics = Metrics()
     document_errors(app)
+    install_fast_lane(app)
     return app

@@ -53,6 +53,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "database_unavailable",
+    "error_response",
     "exception_handlers",
     "problem_response",
     "request_id_of",
@@ -365,6 +366,15 @@ def _on_database_unavailable(
         ),
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The answer :data:`exception_handlers` give ``exc``, for code that runs outside routing."""
+    for kind in type(exc).__mro__:
+        handler = exception_handlers.get(kind)
+        if handler is not None:
+            return handler(request, exc)
+    return _on_unexpected(request, exc)
 
 
 exception_handlers: ExceptionHandlersMap = {

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.conftest import Stack, Tree
@@ -131,8 +132,27 @@ async def wrong_credentials(stack: Stack, agent: dict[str, Any]) -> list[httpx.R
     ]
 
 
+async def odd_requests(stack: Stack, agent: dict[str, Any]) -> list[httpx.Response]:
+    """What the router decides on its own: other spellings of the path, a bad ``Host``."""
+    good = agent_headers(agent)
+    path = beat_path(agent)
+    return [
+        await stack.call("POST", path, headers=good, json=heartbeat(1)),
+        await stack.call("POST", f"{path}/", headers=good, json=heartbeat(2)),
+        await stack.call("POST", path.replace("/agents/", "/agents//"), headers=good, json={}),
+        await stack.call("POST", f"{path}/x", headers=good, json=heartbeat(3)),
+        await stack.call("POST", path, headers={**good, "Host": "bad host"}, json=heartbeat(4)),
+        await stack.call("PUT", path, headers=good, json=heartbeat(5)),
+        await stack.call(
+            "POST", path, headers={**good, "X-Request-ID": "req-1"}, json=heartbeat(6)
+        ),
+    ]
+
+
 @pytest.mark.parametrize(
-    "scenario", [usual, bad_bodies, too_large, wrong_credentials], ids=lambda s: s.__name__
+    "scenario",
+    [usual, bad_bodies, too_large, wrong_credentials, odd_requests],
+    ids=lambda s: s.__name__,
 )
 async def test_both_lanes_answer_alike(tmp_path: Path, scenario: Scenario) -> None:
     shapes = []
@@ -235,3 +255,84 @@ async def test_a_rotated_key_is_handed_over_in_the_lane_without_leaving_a_sessio
         # The view's own read and the request's session for the key: both ended, none left open.
         assert opened
         assert not any(s.in_transaction() for s in opened)
+
+
+def request_counts(stack: Stack) -> dict[tuple[str, ...], float]:
+    """The ``byteor_http_requests`` samples: (method, route, status) -> count."""
+    counts: dict[tuple[str, ...], float] = {}
+    for metric in stack.app.state.metrics.requests.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                labels = sample.labels
+                counts[labels["method"], labels["route"], labels["status"]] = sample.value
+    return counts
+
+
+async def test_beats_served_in_the_lane_are_counted_under_the_route(tmp_path: Path) -> None:
+    counted = []
+    async with lanes(tmp_path) as (fast, plain):
+        for stack in (fast, plain):
+            tree = await stack.tree()
+            agent = await enrolled_agent(stack, tree)
+            answers = await usual(stack, agent)
+            mine = await stack.call(
+                "POST",
+                beat_path(agent),
+                headers={**agent_headers(agent), "X-Request-ID": "beat-42"},
+                json=heartbeat(4),
+            )
+            assert mine.headers["x-request-id"] == "beat-42"
+            assert all(r.headers["x-request-id"] for r in answers)
+            counted.append(
+                {k: v for k, v in request_counts(stack).items() if k[1].endswith("/heartbeat")}
+            )
+        assert served_fast(fast) == 3
+    route = "/api/v1/agents/{agent_id}/heartbeat"
+    assert counted[0] == counted[1] == {("POST", route, "200"): 4.0}
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (OperationalError("SELECT 1", {}, Exception("database is locked")), 503),
+        (RuntimeError("boom"), 500),
+    ],
+    ids=["database-busy", "unexpected"],
+)
+async def test_an_error_in_the_lane_is_answered_as_the_route_answers_it(
+    tmp_path: Path, error: Exception, status: int
+) -> None:
+    shapes = []
+    async with lanes(tmp_path) as (fast, plain):
+        for stack in (fast, plain):
+            tree = await stack.tree()
+            agent = await enrolled_agent(stack, tree)
+            await stack.ok(
+                "POST", beat_path(agent), headers=agent_headers(agent), json=heartbeat(1)
+            )
+            before = served_fast(stack)
+
+            async def failing(*_: Any) -> Any:
+                raise error
+
+            fleet = stack.app.state.fleet
+            original = fleet.environment
+            fleet.environment = failing
+            try:
+                answer = await stack.call(
+                    "POST", beat_path(agent), headers=agent_headers(agent), json=heartbeat(2)
+                )
+            finally:
+                fleet.environment = original
+            assert answer.status_code == status, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json()["request_id"] == answer.headers["x-request-id"]
+            assert "Traceback" not in answer.text
+            assert "boom" not in answer.text
+            status_code, names, body = shape(answer, agent["agent_id"])
+            body["detail"] = body["detail"].replace(answer.headers["x-request-id"], "{id}")
+            shapes.append((status_code, names, body))
+            assert served_fast(stack) == (before + 1 if stack is fast else 0)
+            codes = {k[2] for k in request_counts(stack) if k[1].endswith("/heartbeat")}
+            assert str(status) in codes
+    assert shapes[0] == shapes[1]
