@@ -53,7 +53,11 @@ class Settings(BaseSettings):
         default=5, description="database connections each process keeps open"
     )
     database_pool_overflow: Annotated[int, Field(ge=0, le=1000)] = Field(
-        default=10, description="extra connections a process may open under load, beyond the pool"
+        default=10,
+        description=(
+            "extra connections a process may open under load, beyond the pool (on PostgreSQL "
+            "they stay open once opened, so a steady load does not reconnect)"
+        ),
     )
     database_pool_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
         default=10.0,

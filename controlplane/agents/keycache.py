@@ -3,7 +3,8 @@
 An agent authenticates on every request; looking its key up in the database each time costs a
 transaction per heartbeat. Entries live at most ``max_age`` seconds past their last validation:
 a background sweep re-checks every cached key against the database in a few batched reads every
-``max_age / 3`` seconds, so keys in use never expire, while a key revoked in any process (agent
+``max_age / 3`` seconds (each counts the batch's keys still active, and reads which ones only
+when a key is missing), so keys in use never expire, while a key revoked in any process (agent
 deleted, key rotated and replaced, environment deleted) stops working here within ``max_age``.
 Changes made in this process clear the cache at once (the ``agent_keys`` change topic).
 
@@ -23,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from controlplane.db.engine import AGENT_KEYS
 from controlplane.db.models import AgentKeyRow
@@ -142,15 +143,21 @@ class AgentKeyCache:
                 key_ids = [
                     entry.principal.key_id for _, entry in snapshot[offset : offset + _BATCH]
                 ]
-                valid.update(
-                    await session.scalars(
-                        select(AgentKeyRow.id).where(
-                            one_of(session, AgentKeyRow.id, key_ids),
-                            AgentKeyRow.state == "active",
-                            AgentKeyRow.revoked_at.is_(None),
-                        )
-                    )
+                active = (
+                    one_of(session, AgentKeyRow.id, key_ids),
+                    AgentKeyRow.state == "active",
+                    AgentKeyRow.revoked_at.is_(None),
                 )
+                # Nearly always every key is still active: counting them says so in one row
+                # (the ids are primary keys, each matches at most once); only a batch that
+                # lost a key reads which ones are left.
+                still = await session.scalar(
+                    select(func.count()).select_from(AgentKeyRow).where(*active)
+                )
+                if still == len(set(key_ids)):
+                    valid.update(key_ids)
+                else:
+                    valid.update(await session.scalars(select(AgentKeyRow.id).where(*active)))
         dropped = 0
         if self._seen != seen:  # cleared meanwhile: nothing to refresh
             return 0

@@ -194,3 +194,35 @@ async def test_a_connection_in_use_a_moment_ago_is_not_pinged(
             assert await _select_one(database) == 1
         finally:
             await database.dispose()
+
+
+async def _held_together(database: Database, together: asyncio.Barrier) -> Any:
+    """One read that keeps its connection until every request of the burst holds one."""
+    async with database.readers() as session:
+        value = await session.scalar(text("SELECT 1"))
+        await together.wait()
+        return value
+
+
+@pytest.mark.postgres
+async def test_connections_opened_under_load_are_kept_for_the_next_burst(tmp_path: Path) -> None:
+    """Three requests at once need three connections; the next three at once reuse them.
+
+    QueuePool's overflow would close the two beyond ``pool_size`` as they came back and open
+    two new ones for the next burst: a server backend, a login and every prepared statement
+    again, several times a second under a steady load.
+    """
+    async with throwaway_database("postgresql", tmp_path) as url:
+        database = create_database(url, pool_size=1, max_overflow=2)
+        pool: Any = database.engine.sync_engine.pool
+        opened: list[object] = []
+        event.listen(database.engine.sync_engine, "connect", lambda conn, _: opened.append(conn))
+        try:
+            for _ in range(3):
+                together = asyncio.Barrier(3)
+                burst = [_held_together(database, together) for _ in range(3)]
+                assert await asyncio.gather(*burst) == [1, 1, 1]
+            assert len(opened) == 3
+            assert pool.checkedin() == 3
+        finally:
+            await database.dispose()

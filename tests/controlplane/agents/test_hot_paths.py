@@ -492,12 +492,16 @@ async def _agents_with_expired_keys(stack: Stack, count: int) -> list[dict[str, 
 
 @contextlib.contextmanager
 def key_reads() -> Iterator[list[str]]:
-    """The statements that read agent keys meanwhile: one per key, or batched sweeps."""
+    """The statements that read agent keys meanwhile: one per key, or a batched sweep's count
+    of the keys still active ("sweep") and, when one is missing, its read of which ("which")."""
     seen: list[str] = []
 
     def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if "FROM agent_keys" in statement:
-            seen.append("sweep" if "agent_keys.id IN" in statement else "key")
+            if "agent_keys.id IN" not in statement:
+                seen.append("key")
+            else:
+                seen.append("sweep" if "count(" in statement else "which")
 
     event.listen(Engine, "before_cursor_execute", before)
     try:
@@ -518,7 +522,9 @@ async def test_a_late_sweep_is_run_by_the_first_request_that_finds_an_expired_ke
         with key_reads() as reads:
             for agent in agents[:2]:
                 assert (await beat(stack, agent, 2)).status_code == 200
-        assert reads == ["sweep"]  # one batched read made both fresh again
+        # One batched sweep made both fresh again: its count found a key missing, so it read
+        # which keys are left.
+        assert reads == ["sweep", "which"]
         assert cache.refreshes == 1
         refused = await beat(stack, agents[2], 2)  # the sweep dropped the revoked key
         assert refused.status_code == 401, refused.text
@@ -533,7 +539,7 @@ async def test_requests_that_find_expired_keys_during_a_refresh_wait_for_it(
         with key_reads() as reads:
             answers = await asyncio.gather(*(beat(stack, agent, 2) for agent in agents))
         assert [answer.status_code for answer in answers] == [200] * 4
-        assert reads == ["sweep"]
+        assert reads == ["sweep"]  # every key still active: the count alone said so
         assert cache.refreshes == 1
 
 
