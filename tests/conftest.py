@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,29 @@ GENEROUS_RATE_LIMITS: dict[str, Any] = {
 }
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+#: How much of a one-minute rate-limit window a budget test needs to itself.
+WINDOW_MARGIN_SECONDS = 5.0
+
+
+def within_one_rate_window(margin: float = WINDOW_MARGIN_SECONDS) -> None:
+    """Return at least ``margin`` seconds before the next minute boundary (sleeping if need be).
+
+    The sliding window counter weights the previous minute's count by how much of it still
+    overlaps and rounds the sum down, so right after a boundary a spent count of ``n`` reads as
+    ``n - 1`` and one more request fits (the ``limits`` library's documented approximation).
+    Tests that count a tiny per-minute budget down to exactly zero do it inside one fixed window.
+    """
+    left = 60.0 - time.time() % 60.0
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
+@pytest.fixture
+def one_rate_window() -> None:
+    """The test starts at least ``WINDOW_MARGIN_SECONDS`` inside one minute window."""
+    within_one_rate_window()
 
 
 @pytest.fixture(scope="session")

@@ -37,8 +37,8 @@ TINY: dict[str, Any] = {
 
 
 @pytest.fixture
-async def limited(tmp_path: Path) -> AsyncIterator[tuple[Stack, Actor]]:
-    """An app with tiny budgets (and a generous one where setup needs it)."""
+async def limited(tmp_path: Path, one_rate_window: None) -> AsyncIterator[tuple[Stack, Actor]]:
+    """An app with tiny budgets (and a generous one where setup needs it), in one window."""
     settings = Settings(data_dir=tmp_path, **(TINY | {"rate_limit_bearer": "40/minute"}))
     app = create_app(settings)
     async with app.lifespan(), in_process_client(app) as client:
@@ -195,6 +195,7 @@ def _limiter(limit: str) -> RateLimiter:
     return RateLimiter("memory://", budgets)
 
 
+@pytest.mark.usefixtures("one_rate_window")
 async def test_a_peek_sees_every_hit_of_this_process() -> None:
     limiter = _limiter("3/minute")
     # Never counted: the full budget, without touching the storage.

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.backends import service_unavailable
+from tests.conftest import within_one_rate_window
 from tests.e2e.conftest import clean_env, console_script, start_server
 from tests.e2e.fleet import (
     FAST_AGENT_SERVER_ENV,
@@ -53,6 +54,7 @@ def test_two_processes_share_one_budget_through_redis(tmp_path: Path) -> None:
             check=True,
         ).stdout.strip()
         headers = {"Authorization": f"Bearer {token}"}
+        within_one_rate_window()
         remaining = []
         for server in (first, second, first, second, first, second):
             response = httpx.get(f"{server.url}/api/v1/me", headers=headers)

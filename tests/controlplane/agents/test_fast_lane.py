@@ -186,6 +186,7 @@ async def test_the_usual_heartbeat_takes_the_lane(tmp_path: Path) -> None:
             assert record["last_heartbeat_at"] is not None
 
 
+@pytest.mark.usefixtures("one_rate_window")
 async def test_each_beat_spends_the_agent_budget_once(tmp_path: Path) -> None:
     seen = []
     async with lanes(tmp_path, rate_limit_agent="4/minute") as (fast, plain):
@@ -208,6 +209,7 @@ async def test_each_beat_spends_the_agent_budget_once(tmp_path: Path) -> None:
     assert seen[0] == seen[1] == [(200, "3"), (400, "2"), (200, "1"), (200, "0"), (429, "0")]
 
 
+@pytest.mark.usefixtures("one_rate_window")
 async def test_a_spent_address_budget_refuses_even_a_cached_key(tmp_path: Path) -> None:
     async with lanes(tmp_path, rate_limit_anonymous="3/minute") as (fast, plain):
         for stack in (fast, plain):

@@ -497,6 +497,7 @@ async def test_sessions_die_with_their_user(configured: Configured) -> None:
     assert await stack.count(ApiTokenRow, ApiTokenRow.user_id == actor.user_id) == 0
 
 
+@pytest.mark.usefixtures("one_rate_window")
 async def test_login_routes_always_spend_the_address_budget(tmp_path: Path) -> None:
     limits = {**GENEROUS_RATE_LIMITS, "rate_limit_anonymous": "5/minute"}
     app = create_app(Settings(data_dir=tmp_path, **limits))
