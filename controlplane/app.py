@@ -44,6 +44,7 @@ from controlplane.delivery.deadlines import (
     expire_legacy_approvals,
     reconcile_environment,
 )
+from controlplane.delivery.grants import BundleGrants
 from controlplane.delivery.lifecycle import DEADLINE_JOB
 from controlplane.delivery.reports import ReportBatcher
 from controlplane.delivery.rollout import ROLLOUT_JOB, Delivery, run_rollout
@@ -122,6 +123,7 @@ def _lifespan(settings: Settings) -> Any:
             manifests=functools.partial(read_waiting_manifests, database),
         )
         app.state.agent_signals = signals
+        app.state.bundle_grants = BundleGrants()
         agent_keys = AgentKeyCache(
             database, settings.agent_key_cache_seconds, settings.agent_key_cache_size
         )

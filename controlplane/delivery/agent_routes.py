@@ -15,7 +15,7 @@ from controlplane.db.models import DeploymentTargetRow
 from controlplane.db.scoped import request_session
 from controlplane.delivery.convergence import Served, latest_sequence, manifest_for
 from controlplane.delivery.rollout import Delivery
-from controlplane.deps import Blobs, DbSession, authenticated_agent
+from controlplane.deps import Blobs, authenticated_agent
 from controlplane.errors import NotFound
 from controlplane.request import ByteorRequest
 from shared.deployments import AgentDeployment, DeploymentReport
@@ -23,6 +23,7 @@ from shared.signing import Envelope
 
 if TYPE_CHECKING:
     from controlplane.agents.fleetview import FleetView
+    from controlplane.delivery.grants import BundleGrants
     from controlplane.delivery.signals import AgentSignals
 
 __all__ = ["NOTHING_ETAG", "AgentDeliveryController"]
@@ -119,10 +120,13 @@ class AgentDeliveryController(Controller):
                         signals.settle(waiter, served.sequence, view)
         if if_none_match == etag:
             return Response(content=b"", status_code=304, headers={"ETag": etag})
-        body = AgentDeployment(
-            manifest=msgspec.convert(served.manifest, Envelope) if served.manifest else None,
-            sequence=served.sequence,
-        )
+        manifest = msgspec.convert(served.manifest, Envelope) if served.manifest else None
+        if manifest is not None:
+            digest = manifest.payload.get("bundle_digest")
+            if isinstance(digest, str):  # its download is answered without a query
+                grants: BundleGrants = state.bundle_grants
+                grants.grant(agent.agent_id, digest)
+        body = AgentDeployment(manifest=manifest, sequence=served.sequence)
         return Response(body, headers={"ETag": etag})
 
     @post(
@@ -153,24 +157,29 @@ class AgentDeliveryController(Controller):
     async def bundle(
         self,
         request: Request[Any, Any, Any],
-        session: DbSession,
         blobs: Blobs,
         agent_id: FromPath[str],
         digest: FromPath[str],
     ) -> Response[bytes] | File:
-        deployed = await session.scalar(
-            select(DeploymentTargetRow.bundle_id)
-            .where(
-                DeploymentTargetRow.agent_id == authenticated_agent(request).agent_id,
-                DeploymentTargetRow.bundle_digest == digest,
+        agent_id = authenticated_agent(request).agent_id
+        grants: BundleGrants = request.app.state.bundle_grants
+        # Handed out by a poll here just now (the usual case in a rollout): no query at all.
+        if not grants.granted(agent_id, digest):
+            session = request_session(request.scope, request.app.state.database)
+            deployed = await session.scalar(
+                select(DeploymentTargetRow.bundle_id)
+                .where(
+                    DeploymentTargetRow.agent_id == agent_id,
+                    DeploymentTargetRow.bundle_digest == digest,
+                )
+                .limit(1)
             )
-            .limit(1)
-        )
-        # The pooled connection goes back before the archive streams: during a rollout a whole
-        # fleet downloads at once, and the read must not be held for as long as a slow host reads.
-        await session.rollback()
-        if deployed is None:
-            raise NotFound(f"No bundle {digest} was deployed to this agent")
+            # The pooled connection goes back before the archive streams: the read must not be
+            # held for as long as a slow host reads.
+            await session.rollback()
+            if deployed is None:
+                raise NotFound(f"No bundle {digest} was deployed to this agent")
+            grants.grant(agent_id, digest)
         # A bundle is small and a whole fleet fetches the same one at once: from memory, with
         # no thread hop (see controlplane.blobs.store); a large one streams from disk.
         small = blobs.read_small(digest)

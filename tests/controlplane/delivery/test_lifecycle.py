@@ -9,9 +9,11 @@ import httpx
 import pytest
 
 from controlplane.db import scoped
+from controlplane.delivery.grants import BundleGrants
 from shared.roles import Role
 from tests.conftest import Stack
 from tests.controlplane.agents.helpers import agent_headers
+from tests.controlplane.agents.test_hot_paths import sessions_begun
 from tests.controlplane.delivery.world import make_world
 
 pytestmark = pytest.mark.anyio
@@ -309,6 +311,53 @@ async def test_agents_only_reach_their_own_manifests_and_bundles(stack: Stack) -
     assert bad_status.status_code == 409
 
 
+async def test_a_download_right_after_its_poll_reads_nothing_from_the_database(
+    stack: Stack,
+) -> None:
+    """In a rollout the whole fleet downloads at once: the poll that handed out the manifest
+    grants the download, so it takes no pooled connection (and none of the pool's waits)."""
+    world = await make_world(stack, agents=1)
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    (agent,) = world.agents
+    manifest = await world.manifest(agent)
+    url = f"/api/v1/agents/{agent['agent_id']}/bundles/{manifest.bundle_digest}"
+    # Warms the agent's key (the download must not: it would grant itself).
+    await stack.call("GET", f"/api/v1/agents/{agent['agent_id']}", headers=agent_headers(agent))
+    with sessions_begun() as begun:
+        archive = await stack.call("GET", url, headers=agent_headers(agent))
+    assert archive.status_code == 200
+    assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == manifest.bundle_digest
+    assert begun == set()
+
+
+async def test_a_download_whose_poll_ran_elsewhere_is_checked_in_the_database(
+    stack: Stack,
+) -> None:
+    """Another process (or this one before a restart) handed out the manifest: the target row
+    grants the download, and nothing granted to one agent opens it to another."""
+    world = await make_world(stack)
+    created = (await world.deploy(agent_ids=[world.agents[0]["agent_id"]])).json()
+    await world.wait_status(created["id"], "deploying")
+    mine, other = world.agents
+    manifest = await world.manifest(mine)
+    stack.app.state.bundle_grants = BundleGrants()  # what a process that never polled knows
+    mine_url = f"/api/v1/agents/{mine['agent_id']}/bundles/{manifest.bundle_digest}"
+    other_url = f"/api/v1/agents/{other['agent_id']}/bundles/{manifest.bundle_digest}"
+    await stack.call("GET", f"/api/v1/agents/{mine['agent_id']}", headers=agent_headers(mine))
+    with sessions_begun() as begun:
+        archive = await stack.call("GET", mine_url, headers=agent_headers(mine))
+    assert archive.status_code == 200
+    assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == manifest.bundle_digest
+    assert len(begun) == 1  # the target row, read once
+    with sessions_begun() as begun:
+        assert (await stack.call("GET", mine_url, headers=agent_headers(mine))).status_code == 200
+    assert begun == set()  # and remembered
+    refused = await stack.call("GET", other_url, headers=agent_headers(other))
+    assert refused.status_code == 404
+    assert refused.headers["content-type"] == "application/problem+json"
+
+
 async def test_a_bundle_served_from_memory_is_refused_once_its_blob_is_gone(
     stack: Stack,
 ) -> None:
@@ -386,6 +435,7 @@ async def test_a_bundle_streams_with_no_transaction_held(stack: Stack) -> None:
     await world.wait_status(deployment["id"], "deploying")
     agent = world.agents[0]
     manifest = await world.manifest(agent)
+    stack.app.state.bundle_grants = BundleGrants()  # the download reads its grant: a session
     held: list[bool | None] = []
 
     async def watched(scope: Any, receive: Any, send: Any) -> None:
