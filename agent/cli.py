@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
-from pydantic import ValidationError
 
 from agent.client import ControlPlaneClient
+from agent.config import AgentConfig, SettingsError, load_config
 from agent.daemon import Agent
 from agent.enrollment import EnrollmentError, ensure_enrolled
 from agent.errors import AgentError
-from agent.settings import AgentSettings, LocalSettings
 from agent.spool import SpoolError
 from agent.state import load_state
 from agent.status import read_status
@@ -33,6 +32,8 @@ from shared.artifacts import ARTIFACT_KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from agent.settings import LocalSettings
 
 __all__ = ["main"]
 
@@ -54,18 +55,16 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _settings(env_file: Path | None) -> AgentSettings | None:
+def _settings(env_file: Path | None) -> AgentConfig | None:
+    # Read in a helper process: the daemon never holds pydantic (see agent.config).
     try:
-        return AgentSettings.from_env(env_file)
-    except ValidationError as exc:
-        fields = ", ".join(
-            "BYTEOR_" + str(error["loc"][0]).upper() for error in exc.errors() if error["loc"]
-        )
-        print(f"byteor-agent: invalid or missing settings: {fields}\n{exc}", file=sys.stderr)  # noqa: T201
+        return load_config(env_file)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)  # noqa: T201
         return None
 
 
-async def _enroll(settings: AgentSettings) -> int:
+async def _enroll(settings: AgentConfig) -> int:
     async with ControlPlaneClient(settings) as client:
         state, enrolled = await ensure_enrolled(settings, client)
     verb = "enrolled" if enrolled else "already enrolled"
@@ -73,7 +72,7 @@ async def _enroll(settings: AgentSettings) -> int:
     return 0
 
 
-async def _run(settings: AgentSettings) -> int:
+async def _run(settings: AgentConfig) -> int:
     async with ControlPlaneClient(settings) as client:
         agent = Agent(settings, client)
         loop = asyncio.get_running_loop()
@@ -164,24 +163,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``byteor-agent``; returns the process exit code."""
-    args = _parser().parse_args(argv)
-    _configure_logging(args.verbose)
+def _local_command(args: argparse.Namespace) -> int:
+    """``status`` and ``upload``: short-lived, and need no control plane settings."""
+    from agent.settings import LocalSettings  # pydantic only for these short-lived commands
+
+    local = LocalSettings.from_env(args.env_file)
     if args.command == "status":
-        local = LocalSettings.from_env(args.env_file)
         try:
             return _status(local.state_dir, args.json)
         except AgentError as exc:
             print(f"byteor-agent status: {exc}", file=sys.stderr)  # noqa: T201
             return EXIT_FAILED
-    if args.command == "upload":
-        local = LocalSettings.from_env(args.env_file)
-        try:
-            return _upload(local, args.file, args.kind)
-        except (SpoolError, AgentError, OSError) as exc:
-            print(f"byteor-agent upload: {exc}", file=sys.stderr)  # noqa: T201
-            return EXIT_FAILED
+    try:
+        return _upload(local, args.file, args.kind)
+    except (SpoolError, AgentError, OSError) as exc:
+        print(f"byteor-agent upload: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``byteor-agent``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    if args.command in ("status", "upload"):
+        return _local_command(args)
     settings = _settings(args.env_file)
     if settings is None:
         return EXIT_USAGE

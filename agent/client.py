@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from httpx._types import RequestFiles
 
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
 
 __all__ = ["USER_AGENT", "ControlPlaneClient"]
 
@@ -137,7 +137,7 @@ class ControlPlaneClient:
 
     def __init__(
         self,
-        settings: AgentSettings,
+        settings: AgentConfig,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep | None = None,

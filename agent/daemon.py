@@ -54,7 +54,7 @@ from shared.signing import VerificationError, decode_keyset, verify_keyset_updat
 
 if TYPE_CHECKING:
     from agent.client import ControlPlaneClient
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
 
 __all__ = ["Agent"]
 
@@ -72,7 +72,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: AgentSettings,
+        settings: AgentConfig,
         client: ControlPlaneClient,
         notifier: SystemdNotifier | None = None,
     ) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from agent.activation import Activator
     from agent.client import ControlPlaneClient
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
     from agent.state import AgentState
     from shared.deployments import AgentDeployment
     from shared.signing import Envelope
@@ -69,7 +69,7 @@ class DeploymentChecker:
 
     def __init__(
         self,
-        settings: AgentSettings,
+        settings: AgentConfig,
         client: ControlPlaneClient,
         activator: Activator,
         state: Callable[[], AgentState | None],

@@ -29,7 +29,7 @@ from shared.signing import decode_keyset
 
 if TYPE_CHECKING:
     from agent.client import ControlPlaneClient
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
 
 __all__ = ["EnrollmentError", "ensure_enrolled"]
 
@@ -41,7 +41,7 @@ class EnrollmentError(PermanentError):
 
 
 async def _from_provisioned(
-    settings: AgentSettings, client: ControlPlaneClient, existing: AgentState | None
+    settings: AgentConfig, client: ControlPlaneClient, existing: AgentState | None
 ) -> AgentState:
     agent_id = settings.agent_id or ""
     api_key = settings.agent_api_key.get_secret_value() if settings.agent_api_key else ""
@@ -67,7 +67,7 @@ async def _from_provisioned(
 
 
 async def ensure_enrolled(
-    settings: AgentSettings, client: ControlPlaneClient
+    settings: AgentConfig, client: ControlPlaneClient
 ) -> tuple[AgentState, bool]:
     """The agent's persisted identity, enrolling first if there is none.
 

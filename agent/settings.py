@@ -3,21 +3,35 @@
 Environment variables win over the env file, and explicit keyword arguments win over both.
 Empty values (``BYTEOR_AGENT_ID=``) count as unset, so a systemd ``EnvironmentFile`` may list
 every variable.
+
+Run as ``python -m agent.settings [--env-file F]``, this module is the settings helper of
+``byteor-agent run`` (see :mod:`agent.config`): it validates the settings and writes them to
+stdout as JSON, or prints what is wrong to stderr and exits 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.config import AgentConfig, Secret, encode_config
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_SPEC",
     "DEFAULT_STATE_DIR",
     "AgentSettings",
     "LocalSettings",
+    "describe_error",
+    "main",
 ]
 
 DEFAULT_STATE_DIR = Path("/var/lib/byteor-agent")
@@ -125,6 +139,14 @@ class AgentSettings(BaseSettings):
             raise ValueError("must not have a query or fragment")
         return url
 
+    def config(self) -> AgentConfig:
+        """The validated values as the daemon holds them (no pydantic needed to use them)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        for name in ("agent_api_key", "enrollment_token"):
+            secret = values[name]
+            values[name] = None if secret is None else Secret(secret.get_secret_value())
+        return AgentConfig(**values)
+
     @classmethod
     def from_env(cls, env_file: Path | None = None) -> AgentSettings:
         """Load settings from the environment and, if given, an env file.
@@ -162,3 +184,33 @@ class LocalSettings(BaseSettings):
     def from_env(cls, env_file: Path | None = None) -> LocalSettings:
         """Load from the environment and, if given, an env file (the environment wins)."""
         return cls(_env_file=env_file)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """What ``byteor-agent`` prints for settings that are missing or invalid."""
+    fields = ", ".join(
+        "BYTEOR_" + str(error["loc"][0]).upper() for error in exc.errors() if error["loc"]
+    )
+    return f"byteor-agent: invalid or missing settings: {fields}\n{exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The settings helper: validated settings to stdout as JSON (exit 0), or errors (exit 2)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.settings",
+        description="Validate the BYTEOR_* settings and write them to stdout as JSON.",
+    )
+    parser.add_argument("--env-file", type=Path, help="a file of BYTEOR_* variables to read too")
+    args = parser.parse_args(argv)
+    try:
+        config = AgentSettings.from_env(args.env_file).config()
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)  # noqa: T201
+        return 2
+    sys.stdout.buffer.write(encode_config(config))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

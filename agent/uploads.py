@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from agent.client import ControlPlaneClient
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
     from agent.state import AgentState
 
 __all__ = ["OUTBOX_DIR", "SPOOL_DIR", "Uploader", "open_spool", "outbox_dir"]
@@ -67,7 +67,7 @@ class Uploader:
 
     def __init__(
         self,
-        settings: AgentSettings,
+        settings: AgentConfig,
         client: ControlPlaneClient,
         spool: Spool,
         identity: Ed25519PrivateKey,

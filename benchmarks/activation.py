@@ -46,6 +46,7 @@ from controlplane.bundles.archive import build_bundle_archive
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from agent.config import AgentConfig
     from shared.deployments import AgentDeployment, DeploymentReport
 
 MIB = 1024 * 1024
@@ -89,7 +90,7 @@ def _padding(target: int) -> dict[str, Any]:
 class TimedClient(ControlPlaneClient):
     """The agent's client, noting when a manifest arrives and when ``active`` is acknowledged."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentConfig) -> None:
         super().__init__(settings)
         self.received: dict[str, float] = {}
         self.bundle_sizes: dict[str, int] = {}
@@ -181,7 +182,7 @@ async def _measure(quick: bool, workdir: Path) -> dict[str, Any]:
                     spec=workdir / "etc" / "spec.kv",
                     heartbeat_interval_seconds=1,
                     deployment_wait_seconds=5,
-                )
+                ).config()
                 client = TimedClient(settings)
                 agent = Agent(settings, client)
                 daemon = asyncio.create_task(agent.run())

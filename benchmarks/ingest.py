@@ -189,7 +189,7 @@ class Uploader:
             api_base_url=base_url,
             http_timeout_seconds=300,
             max_retry_attempts=1,
-        )
+        ).config()
         self.client = ControlPlaneClient(settings)
         self.client.set_credentials(agent_id, api_key)
         self.agent_id = agent_id

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
     from agent.state import AgentState
     from shared.deployments import ManifestPayload
     from shared.signing import Envelope
@@ -50,7 +50,7 @@ class Activator:
     the files involved.
     """
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentConfig) -> None:
         """Create an activator (no I/O).
 
         Args:

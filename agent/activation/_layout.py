@@ -21,7 +21,7 @@ from agent.activation._verify import digest_hex
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from agent.settings import AgentSettings
+    from agent.config import AgentConfig
     from agent.state import AgentState
 
 __all__ = ["Layout"]
@@ -40,7 +40,7 @@ class Layout:
     spec file found before the agent managed it, kept until a first activation succeeds).
     """
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentConfig) -> None:
         """Derive the paths from ``settings`` (no I/O)."""
         self.max_bundle_bytes = settings.max_bundle_bytes
         self.spec = settings.spec

@@ -32,6 +32,7 @@ from agent.activation import (
     Step,
 )
 from agent.activation._verify import digest_hex
+from agent.config import AgentConfig
 from agent.errors import BundleTooLarge, NotFoundError
 from agent.settings import AgentSettings
 from agent.state import AgentState, load_state, save_state
@@ -265,7 +266,7 @@ class Host:
     def current(self) -> Path:
         return self.state_dir / "current"
 
-    def settings(self, **overrides: Any) -> AgentSettings:
+    def settings(self, **overrides: Any) -> AgentConfig:
         values: dict[str, Any] = {
             "api_base_url": BASE,
             "state_dir": self.state_dir,
@@ -273,7 +274,7 @@ class Host:
             **self.overrides,
             **overrides,
         }
-        return AgentSettings(**values)
+        return AgentSettings(**values).config()
 
     def activator(self, **overrides: Any) -> Activator:
         return Activator(self.settings(**overrides))
@@ -884,7 +885,7 @@ settings = AgentSettings(
     spec=root / "etc" / "byteor" / "spec.kv",
     activation_command="true",
     crash_after_step=step,
-)
+).config()
 state = load_state(settings.state_dir)
 
 async def download(digest, destination, max_bytes):

@@ -85,7 +85,7 @@ async def cp() -> AsyncIterator[Harness]:
 
     settings = AgentSettings(
         api_base_url=BASE, max_retry_attempts=MAX_ATTEMPTS, max_backoff_seconds=MAX_BACKOFF
-    )
+    ).config()
     transport = httpx.MockTransport(router.handler)
     async with ControlPlaneClient(settings, transport=transport, sleep=sleep) as client:
         client.set_credentials(AGENT_ID, KEY)
@@ -355,7 +355,7 @@ async def test_unknown_response_fields_are_ignored(cp: Harness) -> None:
 
 
 async def test_agent_routes_need_credentials() -> None:
-    settings = AgentSettings(api_base_url=BASE)
+    settings = AgentSettings(api_base_url=BASE).config()
     transport = httpx.MockTransport(respx.Router(base_url=BASE).handler)
     async with ControlPlaneClient(settings, transport=transport) as client:
         assert client.agent_id is None

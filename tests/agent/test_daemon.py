@@ -55,7 +55,7 @@ def pinned_key() -> tuple[str, Any]:
 
 @pytest.fixture
 async def agent(tmp_path: Path, pinned_key: tuple[str, Any]) -> AsyncIterator[Agent]:
-    settings = AgentSettings(api_base_url=BASE, state_dir=tmp_path, max_retry_attempts=1)
+    settings = AgentSettings(api_base_url=BASE, state_dir=tmp_path, max_retry_attempts=1).config()
     state = AgentState(
         agent_id=AGENT,
         api_key="byteor_agk_old",

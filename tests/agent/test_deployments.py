@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from agent.activation import JOURNAL_FILE, OUTCOME_FILE, Activator, Journal
 from agent.client import ControlPlaneClient
+from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.deployments import POLL_DELAY_SECONDS, DeploymentChecker
 from agent.errors import BundleTooLarge
@@ -61,7 +62,7 @@ class Cp:
 
     router: respx.Router
     client: ControlPlaneClient
-    settings: AgentSettings
+    settings: AgentConfig
     keys: Keys
     state: AgentState
     root: Path
@@ -102,7 +103,7 @@ async def cp(tmp_path: Path) -> AsyncIterator[Cp]:
         max_backoff_seconds=MAX_BACKOFF,
         http_timeout_seconds=HTTP_TIMEOUT,
         deployment_wait_seconds=WAIT,
-    )
+    ).config()
     keys = Keys.new()
     state = new_state(keys)
     save_state(settings.state_dir, state)

@@ -24,11 +24,11 @@ FORBIDDEN = (
 )
 
 
-def loaded_after(imports: str) -> list[str]:
+def loaded_after(imports: str, forbidden: tuple[str, ...] = FORBIDDEN) -> list[str]:
     code = (
         "import sys\n"
         f"{imports}\n"
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN!r})))\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden!r})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -52,3 +52,11 @@ def test_the_daemon_entry_points_import_nothing_of_the_server_stack() -> None:
 def test_the_check_itself_sees_a_forbidden_import() -> None:
     """Guard the guard: importing the control plane is reported."""
     assert "litestar" in loaded_after("import agent.cli, controlplane.app")
+
+
+def test_the_daemon_holds_no_pydantic() -> None:
+    """pydantic reads the settings in a helper process (``agent.config``); it costs ~9 MiB."""
+    pydantic = ("pydantic", "pydantic_core", "pydantic_settings")
+    imports = "import agent.cli, agent.daemon, agent.activation, agent.config"
+    assert loaded_after(imports, pydantic) == []
+    assert loaded_after(imports + ", agent.settings", pydantic) != []  # the check can see it

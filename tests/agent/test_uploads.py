@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import main
 from agent.client import ControlPlaneClient
+from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.enrollment import ensure_enrolled
 from agent.errors import RequestRejected, StateError
@@ -89,7 +90,7 @@ def agent_state(**extra: Any) -> AgentState:
 
 @dataclass
 class Harness:
-    settings: AgentSettings
+    settings: AgentConfig
     client: ControlPlaneClient
     router: respx.Router
     spool: Spool
@@ -105,7 +106,7 @@ class Harness:
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[Harness]:
     router = respx.Router(base_url=BASE, assert_all_called=False)
-    settings = AgentSettings(api_base_url=BASE, state_dir=tmp_path, max_retry_attempts=2)
+    settings = AgentSettings(api_base_url=BASE, state_dir=tmp_path, max_retry_attempts=2).config()
 
     async def no_sleep(_seconds: float) -> None:
         return None
@@ -233,7 +234,7 @@ async def test_429_waits_for_retry_after(tmp_path: Path) -> None:
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    settings = AgentSettings(api_base_url=BASE, state_dir=tmp_path)
+    settings = AgentSettings(api_base_url=BASE, state_dir=tmp_path).config()
     route = router.post(UPLOAD).mock(
         side_effect=[httpx.Response(429, headers={"Retry-After": "9"}), receipt(201)]
     )
@@ -293,7 +294,7 @@ async def test_enrollment_creates_the_identity_first_and_sends_its_public_key(
         org_id=ORG_ID,
         project_id="prj_1",
         environment_id="env_1",
-    )
+    ).config()
     transport = httpx.MockTransport(router.handler)
     async with ControlPlaneClient(settings, transport=transport) as client:
         state, enrolled = await ensure_enrolled(settings, client)
@@ -332,7 +333,7 @@ async def test_daemon_reports_spool_size_and_drops_in_status(up: Harness) -> Non
         state_dir=up.settings.state_dir,
         max_retry_attempts=1,
         spool_max_files=2,
-    )
+    ).config()
     save_state(settings.state_dir, up.state)
     daemon = Agent(settings, up.client, QuietNotifier())
     daemon.state = up.state

@@ -78,6 +78,10 @@ def test_enrolls_once_heartbeats_and_restarts_without_the_token(
         assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
         assert json.loads(state_file.read_text())["agent_id"] == record["id"]
         assert token["token"] not in agent.output()
+        # Its settings were read by a helper process: the daemon holds no pydantic (9 MiB).
+        maps = Path(f"/proc/{agent.process.pid}/maps").read_text()
+        assert "pydantic_core" not in maps
+        assert "cryptography" in maps  # what it does load shows there (the check can see)
     finally:
         assert agent.stop() == 0, agent.output()
     first_heartbeat = record["last_heartbeat_at"]
