@@ -8,8 +8,12 @@ the agent idles for 60 s (quick: 8 s) while its RSS is sampled every 0.5 s; CPU 
 Baseline, in the same run: a bare ``python -c`` that imports the agent's own third-party
 dependencies (the same modules the agent imports, with ``httpx._main`` suppressed as
 ``agent/__init__.py`` does; a plain ``import httpx`` would add click, rich and pygments) and
-sleeps. pydantic and pydantic-settings are not among them: the daemon reads its settings in a
-short-lived helper process (see ``agent.config``), and the probe reports if they came along.
+sleeps. That is every third-party package the running daemon loads: httpx's transport too
+(httpcore, h11, anyio's asyncio backend), which httpx imports only when a client is built, so a
+bare ``import httpx`` leaves out the HTTP stack the agent runs on. pydantic and pydantic-settings
+are not among them: the daemon reads its settings in a short-lived helper process (see
+``agent.config``); the probe reports if they came along, and a second baseline with them shows
+the agent against all it installs.
 
 A probe ``python -c`` imports the same dependencies one by one, then ``agent.daemon``,
 ``agent.cli`` and ``agent.activation``, then builds the agent's HTTP client, recording the RSS after
@@ -62,6 +66,7 @@ LEAN_IMPORTS = """\
 import sys
 sys.modules.setdefault("httpx._main", None)
 import httpx, msgspec, psutil, tenacity, tenacity.wait
+import httpcore, h11, anyio._backends._asyncio
 import apscheduler.schedulers.asyncio
 import cryptography.exceptions
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -80,7 +85,7 @@ def rss():
 steps = [("interpreter + psutil", rss())]
 sys.modules.setdefault("httpx._main", None)
 import msgspec; steps.append(("msgspec", rss()))
-import httpx; steps.append(("httpx", rss()))
+import httpx, httpcore, h11, anyio._backends._asyncio; steps.append(("httpx + transport", rss()))
 import tenacity, tenacity.wait; steps.append(("tenacity", rss()))
 import apscheduler.schedulers.asyncio; steps.append(("apscheduler", rss()))
 import cryptography.exceptions
