@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from controlplane.db import Database
+    from controlplane.environments.service import DesiredState
 
 __all__ = ["DeliveryState", "EnvironmentDelivery", "EnvironmentView", "FleetView"]
 
@@ -59,6 +60,9 @@ class EnvironmentView:
     keyset_version: int
     read_at: float
     version: int
+    #: The whole desired state (``desired_digest`` is its bundle's digest), for deployment
+    #: checks to decide against without reading it again.
+    desired: DesiredState | None = None
 
     def deployment_pending(self, agent_id: str, active_digest: str | None) -> bool:
         """A manifest waits for the agent, or it does not run the desired bundle."""
@@ -135,4 +139,5 @@ class FleetView:
                 keyset_version=int(keyset or 0),
                 read_at=read_at,
                 version=version,
+                desired=desired,
             )

@@ -80,7 +80,9 @@ class AgentDeliveryController(Controller):
                 served = Served(held)  # answered so recently, and nothing changed: wait at once
             else:
                 waiter.acted = False  # a report from here on may not show in what it reads
-                served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
+                served = await manifest_for(
+                    session, Delivery.of_app(state), agent.agent_id, view.desired
+                )
                 newest = served.newest  # read by the decision, in the same snapshot
                 if served.stable:
                     signals.settle(waiter, served.sequence, view)
@@ -113,7 +115,9 @@ class AgentDeliveryController(Controller):
                 if now_newest != newest or view.desired_digest != waiter.desired:
                     newest = now_newest
                     waiter.acted = False
-                    served = await manifest_for(session, Delivery.of_app(state), agent.agent_id)
+                    served = await manifest_for(
+                        session, Delivery.of_app(state), agent.agent_id, view.desired
+                    )
                     # A rollout that finishes wakes every poll of the environment: remember the
                     # answers, or each would decide again on its next poll.
                     if served.stable:

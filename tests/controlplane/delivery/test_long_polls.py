@@ -471,9 +471,9 @@ async def test_a_poll_in_another_process_answers_with_the_rollout_manifest_witho
     decisions: list[str] = []
     decide = manifest_for
 
-    async def counted(session: Any, delivery: Any, agent_id: str) -> Any:
+    async def counted(session: Any, delivery: Any, agent_id: str, *args: Any) -> Any:
         decisions.append(agent_id)
-        return await decide(session, delivery, agent_id)
+        return await decide(session, delivery, agent_id, *args)
 
     monkeypatch.setattr(agent_routes, "manifest_for", counted)
     async with running_stack(settings, stack.backend) as other:
@@ -560,3 +560,58 @@ async def test_a_manifest_read_for_a_poll_is_marked_as_read() -> None:
         assert (waiter.delivered, waiter.read) == ((3, {"payload": "read"}), True)
         signals.deliver({"agt_1": (4, {"payload": "issued here"})})
         assert (waiter.delivered, waiter.read) == ((4, {"payload": "issued here"}), False)
+
+
+async def test_a_full_decision_during_a_rollout_costs_two_statements(stack: Stack) -> None:
+    """After every report a host's next poll decides in full: 10,000 decisions per rollout.
+    It reads the agent, then its newest manifest with that manifest's deployment in one
+    statement; the desired state comes from the environment's view."""
+    world = await make_world(stack, agents=2)
+    agent, _slow = world.agents  # the other one never reports: the rollout keeps moving
+    created = (await world.deploy()).json()
+    await world.wait_status(created["id"], "deploying")
+    manifest = await world.manifest(agent)
+    assert (await world.report(agent, manifest, "active")).status_code == 204
+    await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])  # warm
+    url = f"/api/v1/agents/{agent['agent_id']}/deployment"
+    held = f'"seq-{manifest.sequence}"'
+    with _count_statements(stack) as statements:
+        answer = await stack.call(
+            "GET", url, headers=agent_headers(agent) | {"If-None-Match": held}
+        )
+    assert answer.status_code == 304
+    reads = [s for s in statements.texts if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2, "\n\n".join(reads)
+    assert "FROM agents" in reads[0]
+    assert "FROM deployment_targets JOIN deployments" in reads[1]
+    assert not [s for s in statements.texts if "FROM environments" in s], statements.texts
+    assert (await world.detail(created["id"]))["status"] == "deploying"
+
+
+async def test_a_decision_against_a_view_behind_the_store_issues_only_what_the_store_says(
+    stack: Stack,
+) -> None:
+    """The view may be up to its age behind another process's change of the desired state.
+    A decision against it may plan to issue, but issuing decides again against the store."""
+    from controlplane.delivery.convergence import manifest_for
+    from controlplane.delivery.rollout import Delivery
+    from controlplane.environments.service import DesiredState
+
+    world = await make_world(stack, agents=1)
+    (agent,) = world.agents
+    created = (await world.deploy()).json()
+    await world.activate_all(created["id"])
+    view = await stack.app.state.fleet.environment(agent["org_id"], agent["environment_id"])
+    assert view.desired is not None
+    assert view.desired.deployment_id == created["id"]
+    stale = DesiredState(
+        deployment_id=created["id"], bundle_id=view.desired.bundle_id, bundle_digest="sha256:0"
+    )
+    async with stack.app.state.database.readers() as session:
+        served = await manifest_for(
+            session, Delivery.of_app(stack.app.state), agent["agent_id"], stale
+        )
+    assert served.issued_to == ()  # the agent runs what the store says is desired
+    assert served.manifest is None
+    detail = await world.detail(created["id"])
+    assert [t["sequence"] for t in detail["targets"]] == [1]
