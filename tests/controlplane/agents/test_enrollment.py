@@ -137,6 +137,35 @@ async def test_concurrent_enrollments_consume_exactly_one_use(stack: Stack, tree
     assert await stack.count(AgentRow, AgentRow.env_id == tree.env_id) == 1
 
 
+@pytest.mark.parametrize(("max_uses", "hosts"), [(20, 20), (5, 20)])
+async def test_a_fleet_enrolling_at_once_with_one_token_spends_exactly_its_uses(
+    stack: Stack, tree: Tree, max_uses: int, hosts: int
+) -> None:
+    """A provisioning script hands one token to a whole fleet, and the organization's first
+    key set is made by the first of them: every use is spent once, none beyond the limit, and
+    concurrent enrollments never deadlock (a 500) on the token's or the organization's row."""
+    created = await enrollment_token(stack, tree, max_uses=max_uses)
+    responses = await asyncio.gather(
+        *(enroll(stack, tree, created["token"], hostname=f"host-{i}") for i in range(hosts))
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] * max_uses + [401] * (hosts - max_uses), [
+        r.text for r in responses if r.status_code not in (201, 401)
+    ]
+    refused = [r.json()["detail"] for r in responses if r.status_code == 401]
+    assert set(refused) <= {"The enrollment token has been used up"}
+    assert await stack.count(AgentRow, AgentRow.env_id == tree.env_id) == max_uses
+    listed = await stack.ok("GET", f"{tree.env_path}/enrollment-tokens", tree.owner)
+    (token,) = [t for t in listed if t["id"] == created["id"]]
+    assert token["uses"] == max_uses
+    keysets = {
+        decode_keyset(msgspec.convert(r.json()["signing_keys"], Envelope)).version
+        for r in responses
+        if r.status_code == 201
+    }
+    assert keysets == {1}  # one first key set, pinned by every agent
+
+
 async def test_token_management_needs_admin(stack: Stack, tree: Tree) -> None:
     deployer = await stack.member(tree, Role.DEPLOYER)
     path = f"{tree.env_path}/enrollment-tokens"
