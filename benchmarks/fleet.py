@@ -296,6 +296,8 @@ class Fleet:
     pool: Pool
     agents: list[SimAgent]
     statuses: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: The same, counted from the deployment's request on (``clock`` set).
+    after_deployment: Counter[tuple[str, str]] = field(default_factory=Counter)
     heartbeats: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds)
     #: Seconds on the wire of each rollout step (reports, downloads) after the deployment.
     steps: dict[str, list[float]] = field(default_factory=dict)
@@ -314,6 +316,8 @@ class Fleet:
             else type(outcome).__name__
         )
         self.statuses[route, key] += 1
+        if self.clock:
+            self.after_deployment[route, key] += 1
 
     async def start(self) -> None:
         """Start every agent, a few at a time: the next starts when one is online and polling."""
@@ -727,7 +731,7 @@ async def _converge(cp: ControlPlane, n: int, budget: float, row: dict[str, Any]
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
         await fleet.stop()
-        _finish(row, fleet.statuses)
+        _finish(row, fleet.statuses, fleet.after_deployment)
 
 
 async def _deploy_and_wait(
@@ -903,16 +907,26 @@ def _stop_promptly(cp: ControlPlane, grace: float = 5.0) -> None:
             cp.process.wait()
 
 
-def _finish(row: dict[str, Any], statuses: Counter[tuple[str, str]]) -> None:
-    by_route: dict[str, dict[str, int]] = {}
-    for (route, status), count in sorted(statuses.items()):
-        by_route.setdefault(route, {})[status] = count
-    row["statuses"] = by_route
-    row["errors"] = {
+def _errors(statuses: Counter[tuple[str, str]]) -> dict[str, int]:
+    return {
         f"{route} {status}": count
         for (route, status), count in sorted(statuses.items())
         if not status.isdigit() or int(status) >= 400
     }
+
+
+def _finish(
+    row: dict[str, Any],
+    statuses: Counter[tuple[str, str]],
+    after_deployment: Counter[tuple[str, str]],
+) -> None:
+    by_route: dict[str, dict[str, int]] = {}
+    for (route, status), count in sorted(statuses.items()):
+        by_route.setdefault(route, {})[status] = count
+    row["statuses"] = by_route
+    row["errors"] = _errors(statuses)
+    # Which came while the fleet started (every agent's first requests at once), which after.
+    row["errors_after_deployment"] = _errors(after_deployment)
 
 
 def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
