@@ -29,7 +29,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -279,8 +279,14 @@ def _on_domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Respo
     )
 
 
+#: What Litestar raises (as a 500) when the client goes away while its body streams in.
+_CLIENT_GONE = "client disconnected prematurely"
+
+
 def _on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     status = exc.status_code
+    if isinstance(exc, InternalServerException) and exc.detail == _CLIENT_GONE:
+        return _on_client_gone(request)
     if status >= 500:
         return _on_unexpected(request, exc)
     headers = dict(exc.headers or {})
@@ -342,6 +348,18 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
         request,
         status=500,
         detail=f"An unexpected error occurred; quote request id {request_id} when reporting it",
+    )
+
+
+def _on_client_gone(request: Request[Any, Any, Any]) -> Response[Problem]:
+    """The client hung up before its body arrived: nothing failed here, and nobody is left to
+    answer (a fleet's timed-out requests must not read as server errors in the log)."""
+    logger.info(
+        "client disconnected before its request body arrived",
+        extra={"request_id": request_id_of(request), "path": request.url.path},
+    )
+    return problem_response(
+        request, status=400, detail="The client disconnected before its request body arrived"
     )
 
 

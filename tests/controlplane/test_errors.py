@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,62 @@ async def test_hostile_request_id_is_replaced(stack: Stack) -> None:
     response = await stack.call("GET", "/healthz", headers={"X-Request-ID": "a b\tc" * 50})
     assert response.status_code == 200
     assert " " not in response.headers["x-request-id"]
+
+
+async def _hang_up_mid_body(stack: Stack, path: str, headers: dict[str, str]) -> int:
+    """Send the start of a JSON body, then disconnect, as a timed-out client does."""
+    incoming: list[dict[str, object]] = [
+        {"type": "http.request", "body": b'{"sequ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*raw, (b"content-type", b"application/json"), (b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    app: Any = stack.app  # a raw ASGI call, with hand-made messages
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    status = start["status"]
+    assert isinstance(status, int)
+    return status
+
+
+async def test_a_client_gone_mid_body_is_no_server_error(
+    stack: Stack, tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet's timed-out requests hang up while their bodies stream in: Litestar calls that
+    a 500, but nothing failed here. It is logged at info, answered 400, on the heartbeat's
+    fast lane as on any other route."""
+    from tests.controlplane.agents.helpers import agent_headers, enrolled_agent
+
+    agent = await enrolled_agent(stack, tree)
+    beat = f"/api/v1/agents/{agent['agent_id']}/heartbeat"
+    projects_before = await stack.count(ProjectRow)
+    with caplog.at_level("INFO", logger="byteor"):
+        assert await _hang_up_mid_body(stack, beat, agent_headers(agent)) == 400
+        projects = f"{tree.org_path}/projects"
+        assert await _hang_up_mid_body(stack, projects, tree.owner.headers) == 400
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    gone = [r for r in caplog.records if "disconnected before its request body" in r.message]
+    assert len(gone) == 2
+    assert await stack.count(ProjectRow) == projects_before  # nothing half-written
