@@ -104,6 +104,7 @@ def _enc_hook(value: Any) -> Any:
         return value.get_secret_value()
     if isinstance(value, Path):
         return str(value)
+    # msgspec's hook protocol: this error means "a type the hook does not handle".
     raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
@@ -112,6 +113,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
         return Secret(value)
     if kind is Path and isinstance(value, str):
         return Path(value)
+    # msgspec's hook protocol: this error means "a type the hook does not handle".
     raise NotImplementedError(f"cannot decode {kind!r}")
 
 

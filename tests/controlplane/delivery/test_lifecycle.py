@@ -311,6 +311,27 @@ async def test_agents_only_reach_their_own_manifests_and_bundles(stack: Stack) -
     assert bad_status.status_code == 409
 
 
+async def _download(
+    stack: Stack, agent: dict[str, Any], digest: str
+) -> tuple[httpx.Response, set[int]]:
+    """Download a bundle as ``agent``, with the sessions the request began."""
+    url = f"/api/v1/agents/{agent['agent_id']}/bundles/{digest}"
+    with sessions_begun() as begun:
+        response = await stack.call("GET", url, headers=agent_headers(agent))
+    return response, begun
+
+
+async def _warm_key(stack: Stack, agent: dict[str, Any]) -> None:
+    """Cache the agent's key with a request that grants nothing (a download would)."""
+    await stack.call("GET", f"/api/v1/agents/{agent['agent_id']}", headers=agent_headers(agent))
+
+
+def _is_the_archive(archive: httpx.Response, digest: str) -> bool:
+    return archive.status_code == 200 and (
+        "sha256:" + hashlib.sha256(archive.content).hexdigest() == digest
+    )
+
+
 async def test_a_download_right_after_its_poll_reads_nothing_from_the_database(
     stack: Stack,
 ) -> None:
@@ -321,13 +342,9 @@ async def test_a_download_right_after_its_poll_reads_nothing_from_the_database(
     await world.wait_status(created["id"], "deploying")
     (agent,) = world.agents
     manifest = await world.manifest(agent)
-    url = f"/api/v1/agents/{agent['agent_id']}/bundles/{manifest.bundle_digest}"
-    # Warms the agent's key (the download must not: it would grant itself).
-    await stack.call("GET", f"/api/v1/agents/{agent['agent_id']}", headers=agent_headers(agent))
-    with sessions_begun() as begun:
-        archive = await stack.call("GET", url, headers=agent_headers(agent))
-    assert archive.status_code == 200
-    assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == manifest.bundle_digest
+    await _warm_key(stack, agent)
+    archive, begun = await _download(stack, agent, manifest.bundle_digest)
+    assert _is_the_archive(archive, manifest.bundle_digest)
     assert begun == set()
 
 
@@ -342,18 +359,14 @@ async def test_a_download_whose_poll_ran_elsewhere_is_checked_in_the_database(
     mine, other = world.agents
     manifest = await world.manifest(mine)
     stack.app.state.bundle_grants = BundleGrants()  # what a process that never polled knows
-    mine_url = f"/api/v1/agents/{mine['agent_id']}/bundles/{manifest.bundle_digest}"
-    other_url = f"/api/v1/agents/{other['agent_id']}/bundles/{manifest.bundle_digest}"
-    await stack.call("GET", f"/api/v1/agents/{mine['agent_id']}", headers=agent_headers(mine))
-    with sessions_begun() as begun:
-        archive = await stack.call("GET", mine_url, headers=agent_headers(mine))
-    assert archive.status_code == 200
-    assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == manifest.bundle_digest
+    await _warm_key(stack, mine)
+    archive, begun = await _download(stack, mine, manifest.bundle_digest)
+    assert _is_the_archive(archive, manifest.bundle_digest)
     assert len(begun) == 1  # the target row, read once
-    with sessions_begun() as begun:
-        assert (await stack.call("GET", mine_url, headers=agent_headers(mine))).status_code == 200
+    again, begun = await _download(stack, mine, manifest.bundle_digest)
+    assert again.status_code == 200
     assert begun == set()  # and remembered
-    refused = await stack.call("GET", other_url, headers=agent_headers(other))
+    refused, _ = await _download(stack, other, manifest.bundle_digest)
     assert refused.status_code == 404
     assert refused.headers["content-type"] == "application/problem+json"
 
